@@ -1,0 +1,147 @@
+"""Readers of the release's feature files: per-video HDF5, the older BigFile, and the query-token HDF5.
+
+HDF5 handles open lazily and per process, so DataLoader workers never share one handle.
+`video2frames.txt` is a Python literal: parsed with ast.literal_eval, never executed.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from prvr.data.layout import DatasetLayout
+from prvr.errors import DataError
+from prvr.io import atomic_path
+
+
+class Hdf5Store:
+    """Flat HDF5 file: one dataset per key (video id or caption id) holding a 2-D float matrix."""
+
+    def __init__(self, path: Path, what: str):
+        self.path = Path(path)
+        self.what = what
+        if not self.path.exists():
+            raise DataError(f"{self.path}: {what} file not found")
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as e:
+                raise DataError(f"{self.path}: not a readable HDF5 file ({e})") from None
+            self._pid = os.getpid()
+        return self._file
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.file
+
+    def keys(self) -> list[str]:
+        return list(self.file.keys())
+
+    def get(self, key: str) -> np.ndarray:
+        try:
+            arr = self.file[key][...]
+        except KeyError:
+            raise DataError(f"{self.path}: no {self.what} for id {key!r}") from None
+        if arr.ndim != 2:
+            raise DataError(f"{self.path}: {self.what} {key!r} has shape {arr.shape}, expected (n, dim)")
+        return arr.astype(np.float32, copy=False)
+
+    def dim(self) -> int:
+        for key in self.file:
+            return int(self.file[key].shape[-1])
+        raise DataError(f"{self.path}: empty {self.what} file")
+
+    def __getstate__(self):
+        return {"path": self.path, "what": self.what, "_file": None, "_pid": None}
+
+
+def read_video2frames(path: Path) -> dict[str, list[str]]:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: video2frames file not found")
+    try:
+        v2f = ast.literal_eval(path.read_text(encoding="utf-8"))
+    except (ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: not a Python dict literal ({e.__class__.__name__})") from None
+    if not isinstance(v2f, dict) or not all(isinstance(v, list) for v in v2f.values()):
+        raise DataError(f"{path}: expected a dict {{video_id: [frame_id, ...]}}")
+    return v2f
+
+
+class BigFileStore:
+    """MS-SL's BigFile: shape.txt ("rows dims"), id.txt (row names), feature.bin (rows x dims float32)."""
+
+    def __init__(self, feature_dir: Path, video2frames: dict[str, list[str]]):
+        self.dir = Path(feature_dir)
+        shape_file, id_file, bin_file = (self.dir / n for n in ("shape.txt", "id.txt", "feature.bin"))
+        for f in (shape_file, id_file, bin_file):
+            if not f.exists():
+                raise DataError(f"{f}: BigFile part not found")
+        try:
+            rows, dims = (int(v) for v in shape_file.read_text().split())
+        except ValueError:
+            raise DataError(f"{shape_file}: expected two integers 'rows dims'") from None
+        names = id_file.read_bytes().decode("latin-1").split()
+        if len(names) != rows:
+            raise DataError(f"{id_file}: {len(names)} ids, expected {rows} (shape.txt)")
+        expected = rows * dims * 4
+        if bin_file.stat().st_size != expected:
+            raise DataError(f"{bin_file}: {bin_file.stat().st_size} bytes, expected {expected} ({rows}x{dims} float32)")
+        self.rows, self._dim = rows, dims
+        self.row_of = {name: i for i, name in enumerate(names)}
+        self.matrix = np.memmap(bin_file, dtype="<f4", mode="r", shape=(rows, dims))
+        self.video2frames = video2frames
+        self.path = bin_file
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self.video2frames
+
+    def keys(self) -> list[str]:
+        return list(self.video2frames)
+
+    def get(self, video_id: str) -> np.ndarray:
+        frames = self.video2frames.get(video_id)
+        if frames is None:
+            raise DataError(f"{self.dir / 'video2frames.txt'}: no entry for video {video_id!r}")
+        try:
+            rows = [self.row_of[f] for f in frames]
+        except KeyError as e:
+            raise DataError(f"{self.dir / 'id.txt'}: frame id {e.args[0]!r} of video {video_id!r} not found") from None
+        return np.asarray(self.matrix[rows], dtype=np.float32)
+
+    def dim(self) -> int:
+        return self._dim
+
+
+def open_video_features(layout: DatasetLayout) -> Hdf5Store | BigFileStore:
+    """Prefer the converted feature.hdf5; fall back to the BigFile form."""
+    if layout.feature_hdf5.exists():
+        return Hdf5Store(layout.feature_hdf5, "video features")
+    if (layout.feature_dir / "feature.bin").exists():
+        return BigFileStore(layout.feature_dir, read_video2frames(layout.video2frames_file))
+    raise DataError(f"{layout.feature_dir}: neither feature.hdf5 nor feature.bin found")
+
+
+def open_query_features(layout: DatasetLayout) -> Hdf5Store:
+    return Hdf5Store(layout.query_feature_file, "query features")
+
+
+def convert_bigfile(layout: DatasetLayout, out: Path | None = None, progress: bool = True) -> Path:
+    """Stream a BigFile into a per-video feature.hdf5 (float32), atomically; memory bounded by one video."""
+    from tqdm import tqdm
+
+    store = BigFileStore(layout.feature_dir, read_video2frames(layout.video2frames_file))
+    out = Path(out) if out else layout.feature_hdf5
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            for vid in tqdm(store.keys(), desc="convert", unit="video", disable=not progress):
+                h5.create_dataset(vid, data=store.get(vid))
+    return out

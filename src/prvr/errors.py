@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints their message on one line and exits with code 2."""
+
+
+class PrvrError(Exception):
+    """A problem with what the user handed us (file, id, field), not a bug."""
+
+
+class DataError(PrvrError):
+    """A dataset file is missing, malformed or inconsistent."""
+
+
+class CheckpointError(PrvrError):
+    """A checkpoint cannot be read or does not fit the model."""

@@ -1,0 +1,208 @@
+"""DreamPRVR: imagine global registers (video-centric Gaussian + truncated diffusion), then concentrate through
+register-augmented Gaussian attention at clip and frame scale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prvr.config import ModelConfig
+from prvr.models.dreamprvr.diffusion import Denoiser, DiffusionSchedule
+from prvr.models.dreamprvr.registers import RegisterCondition, RegisterGaussianAttention
+from prvr.models.dreamprvr.samplers import TextPerturbationSampler, VideoSampler, sinusoidal_table
+from prvr.models.layers import AttentionBlock, PositionalEncoding, Projection
+
+
+@dataclass
+class VideoTokens:
+    """Query-independent video representation: what an index stores."""
+
+    clip: torch.Tensor  # (B, Kc, D)
+    frame: torch.Tensor  # (B, F, D), zero at padded positions
+    frame_mask: torch.Tensor  # (B, F)
+
+
+@dataclass
+class TrainOutputs:
+    query: torch.Tensor  # (N, D) second query pass, used by the scores
+    query_first: torch.Tensor  # (N, D) first pass: text means and the textual structure losses
+    videos: VideoTokens
+    mu: torch.Tensor | None = None  # (B, D)
+    logvar: torch.Tensor | None = None  # (B, D)
+    eps_pred: torch.Tensor | None = None  # (T, B, K, D)
+    eps_true: torch.Tensor | None = None  # (B, K, D)
+
+
+def segment_mean(x: torch.Tensor, labels: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Mean of rows of x (N, D) grouped by labels (N,) -> (num_segments, D)."""
+    sums = x.new_zeros(num_segments, x.shape[1]).index_add_(0, labels, x)
+    counts = torch.bincount(labels, minlength=num_segments).clamp_min(1).to(x.dtype)
+    return sums / counts[:, None]
+
+
+def max_similarity(query: torch.Tensor, tokens: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """query (N, D), tokens (B, L, D) -> max over L of cos (or dot) -> (N, B)."""
+    if normalize:
+        query, tokens = F.normalize(query, dim=-1), F.normalize(tokens, dim=-1)
+    sims = torch.einsum("nd,bld->nbl", query, tokens)  # (N, B, L)
+    return sims.max(dim=-1).values
+
+
+class DreamPRVR(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, h, p_in, p = cfg.hidden_size, cfg.n_heads, cfg.input_drop, cfg.drop
+        # query branch
+        self.query_proj = Projection(cfg.text_dim, D, p_in)
+        self.query_pos = PositionalEncoding(cfg.max_desc_l, D, p_in)
+        self.query_encoder = AttentionBlock(D, h, p)
+        self.query_pooling = nn.Linear(D, 1, bias=False)
+        # video inputs
+        self.clip_proj = Projection(cfg.visual_dim, D, p_in)
+        self.clip_pos = PositionalEncoding(cfg.clip_pos_len, D, p_in)
+        self.frame_proj = Projection(cfg.visual_dim, D, p_in)
+        self.frame_pos = PositionalEncoding(cfg.max_ctx_l, D, p_in)
+        # imagination: registers
+        if cfg.use_registers:
+            self.mean_clip_encoder = AttentionBlock(D, h, p)
+            self.register_condition = RegisterCondition(cfg.num_registers, D, h, p)
+            self.video_sampler = VideoSampler(D)
+            self.text_perturbation = TextPerturbationSampler(cfg.num_registers, cfg.perturbation_scale)
+            if cfg.use_diffusion:
+                self.denoiser = Denoiser(D, cfg.timesteps, cfg.num_diffusion_layers, cfg.sinusoidal_time_embedding)
+                self.diffusion = DiffusionSchedule(cfg.timesteps)
+        # concentration: register-augmented Gaussian attention per scale
+        branch = dict(n_heads=h, dropout=p, attention_num=cfg.attention_num, temperature=cfg.sft_factor,
+                      use_registers=cfg.use_registers)
+        self.clip_branch = RegisterGaussianAttention(D, cfg.map_size, **branch)
+        self.frame_branch = RegisterGaussianAttention(D, cfg.max_ctx_l, **branch)
+        self.reset_parameters()
+
+    # ---------------------------------------------------------------- init
+    def reset_parameters(self) -> None:
+        """Linear/Embedding N(0, 0.02), biases 0, LayerNorm 1/0; the GRU keeps xavier/orthogonal/zero;
+        register queries keep N(0, 1). Applied over the whole model, as in the original."""
+        std = self.cfg.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, std)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.GRU):
+                for name, w in m.named_parameters():
+                    if "weight_ih" in name:
+                        nn.init.xavier_uniform_(w)
+                    elif "weight_hh" in name:
+                        nn.init.orthogonal_(w)
+                    else:
+                        nn.init.zeros_(w)
+        if self.cfg.use_registers and self.cfg.use_diffusion and self.cfg.sinusoidal_time_embedding:
+            table = self.denoiser.time_embed.table.weight
+            with torch.no_grad():
+                table.copy_(sinusoidal_table(*table.shape))
+
+    # ---------------------------------------------------------------- query side
+    def encode_queries(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """text (N, Lq, Dq), text_mask (N, Lq) -> query embedding (N, D)."""
+        x = self.query_pos(self.query_proj(text))  # (N, Lq, D)
+        x = self.query_encoder(x, key_mask=text_mask)
+        logits = self.query_pooling(x).squeeze(-1)  # (N, Lq)
+        logits = logits * text_mask + (1 - text_mask) * -1e10
+        return torch.einsum("nl,nld->nd", logits.softmax(dim=-1), x)
+
+    # ---------------------------------------------------------------- video side
+    def _register_inputs(self, clip_tokens: torch.Tensor):
+        encoded = self.mean_clip_encoder(clip_tokens)  # (B, Kc, D)
+        cond = self.register_condition(encoded)  # (B, K, D)
+        mu, logvar = self.video_sampler(encoded)  # (B, D) each
+        return cond, mu, logvar
+
+    def _start_noise(self, mu: torch.Tensor) -> torch.Tensor:
+        """The video-centric start: mu repeated K times (the original's deterministic draw)."""
+        K = self.cfg.num_registers
+        if self.cfg.video_centric_init:
+            return mu[:, None].expand(-1, K, -1)  # (B, K, D)
+        if self.training:
+            return torch.randn(mu.shape[0], K, mu.shape[1], device=mu.device, dtype=mu.dtype)
+        return mu.new_zeros(mu.shape[0], K, mu.shape[1])
+
+    def generate_registers(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Truncated reverse diffusion from `noise` (B, K, D), conditioned on C -> registers (B, K, D)."""
+        if not self.cfg.use_diffusion:
+            return cond
+        x = noise
+        B = x.shape[0]
+        for t in reversed(range(self.cfg.timesteps)):
+            tt = torch.full((B,), t, device=x.device, dtype=torch.long)
+            x = self.diffusion.step(x, self.denoiser(x, tt, cond), t, noise)
+        return x
+
+    def _pad_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor):
+        F_max = self.cfg.max_ctx_l
+        n = frames.shape[1]
+        if n > F_max:
+            raise ValueError(f"{n} frames exceed max_ctx_l={F_max}; sample frames first (prvr.data.frame_sequence)")
+        if n < F_max:
+            frames = F.pad(frames, (0, 0, 0, F_max - n))
+            frame_mask = F.pad(frame_mask, (0, F_max - n))
+        return frames, frame_mask  # (B, F, Dv), (B, F)
+
+    def _encode_tokens(self, clip_tokens, frames, frame_mask, registers) -> VideoTokens:
+        clip_out = self.clip_branch(clip_tokens, registers)  # (B, Kc, D)
+        frame_tokens = self.frame_pos(self.frame_proj(frames))  # (B, F, D)
+        frame_out = self.frame_branch(frame_tokens, registers, frame_mask) * frame_mask[..., None]
+        return VideoTokens(clip_out, frame_out, frame_mask)
+
+    def encode_videos(self, clip: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> VideoTokens:
+        """Inference path: clip (B, Kc, Dv), frames (B, F<=128, Dv), frame_mask (B, F) -> VideoTokens."""
+        frames, frame_mask = self._pad_frames(frames, frame_mask)
+        clip_tokens = self.clip_pos(self.clip_proj(clip))  # (B, Kc, D)
+        registers = None
+        if self.cfg.use_registers:
+            cond, mu, _ = self._register_inputs(clip_tokens)
+            registers = self.generate_registers(cond, self._start_noise(mu))
+        return self._encode_tokens(clip_tokens, frames, frame_mask, registers)
+
+    # ---------------------------------------------------------------- scores
+    def scale_scores(self, query: torch.Tensor, videos: VideoTokens, normalize: bool = True):
+        """(clip-scale, frame-scale) max-similarity scores, each (N, B). The frame max runs over all
+        max_ctx_l positions, padded ones included (cosine 0 there), as the original does."""
+        return max_similarity(query, videos.clip, normalize), max_similarity(query, videos.frame, normalize)
+
+    def score(self, query: torch.Tensor, videos: VideoTokens) -> torch.Tensor:
+        """Retrieval score w_c * clip + w_f * frame, (N, B)."""
+        clip, frame = self.scale_scores(query, videos)
+        return self.cfg.clip_scale_w * clip + self.cfg.frame_scale_w * frame
+
+    # ---------------------------------------------------------------- training
+    def forward(self, clip, frames, frame_mask, text, text_mask, labels, second_query_pass: bool = True) -> TrainOutputs:
+        """Training pass: all the tensors the losses need. The original encodes the queries twice
+        (different dropout masks); `second_query_pass=False` reuses the first pass."""
+        B = clip.shape[0]
+        query_first = self.encode_queries(text, text_mask)  # (N, D)
+        frames, frame_mask = self._pad_frames(frames, frame_mask)
+        clip_tokens = self.clip_pos(self.clip_proj(clip))  # (B, Kc, D)
+        out = {}
+        registers = None
+        if self.cfg.use_registers:
+            cond, mu, logvar = self._register_inputs(clip_tokens)
+            noise = self._start_noise(mu)  # (B, K, D)
+            out.update(mu=mu, logvar=logvar)
+            if self.cfg.use_diffusion:
+                x0 = self.text_perturbation(segment_mean(query_first, labels, B))  # (B, K, D)
+                x_t = self.diffusion.q_sample(x0, noise)  # (T, B, K, D)
+                T = x_t.shape[0]
+                steps = torch.arange(T, device=clip.device).repeat_interleave(B)  # (T*B,)
+                eps = self.denoiser(x_t.flatten(0, 1), steps, cond.repeat(T, 1, 1))
+                out.update(eps_pred=eps.view(T, B, *eps.shape[1:]), eps_true=noise)
+            registers = self.generate_registers(cond, noise)
+        videos = self._encode_tokens(clip_tokens, frames, frame_mask, registers)
+        query = self.encode_queries(text, text_mask) if second_query_pass else query_first
+        return TrainOutputs(query=query, query_first=query_first, videos=videos, **out)

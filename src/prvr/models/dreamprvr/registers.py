@@ -1,0 +1,90 @@
+"""Register condition (learned queries over the mean clip encoding) and register-augmented Gaussian attention."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prvr.models.layers import AttentionBlock, Projection, StackedAttentionBlocks, gaussian_kernel
+
+
+class RegisterCondition(nn.Module):
+    """K learned query tokens cross-attend to the mean clip encoding E -> condition C (B, K, D)."""
+
+    def __init__(self, num_registers: int, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(1, num_registers, dim))  # N(0, 1), kept by the global init
+        self.cross_attn = AttentionBlock(dim, n_heads, dropout, ffn_mult=1)
+
+    def forward(self, encoded_clips: torch.Tensor) -> torch.Tensor:
+        q = self.queries.expand(encoded_clips.shape[0], -1, -1)  # (B, K, D)
+        return self.cross_attn(q, context=encoded_clips)
+
+
+def branch_widths(attention_num: int) -> list[float | None]:
+    """Branch 0 plain, then Gaussian widths 2^-2, 2^-1, ... (0.25 ... 16 for 8 branches)."""
+    return [None] + [2.0**k for k in range(-2, attention_num - 3)]
+
+
+class BranchFusion(nn.Module):
+    """Per-position learned weights over the A branch outputs (GMMFormer-v2 style, mean weight token)."""
+
+    def __init__(self, dim: int, length: int, n_heads: int, dropout: float, temperature: float):
+        super().__init__()
+        self.cross_attn = AttentionBlock(dim, n_heads, dropout, ffn_mult=1)
+        self.hidden = nn.Linear(dim, dim)
+        self.logits = nn.Linear(dim, length)
+        self.drop = nn.Dropout(dropout)
+        self.temperature = temperature
+
+    def forward(self, outputs: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """outputs (A, B, L, D) -> (B, L, D)."""
+        A, B, L, D = outputs.shape
+        summary = outputs.mean(dim=(0, 2))[:, None]  # (B, 1, D) weight token, padding included
+        ctx = outputs.reshape(A * B, L, D)
+        mask = None if key_mask is None else key_mask.repeat(A, 1)  # (A*B, L)
+        u = self.cross_attn(summary.repeat(A, 1, 1), key_mask=mask, context=ctx)  # (A*B, 1, D)
+        u = u.view(A, B, D).transpose(0, 1)  # (B, A, D)
+        w = self.logits(self.drop(torch.relu(self.hidden(u))))  # (B, A, L)
+        weights = (w / self.temperature).softmax(dim=1)  # over branches
+        return torch.einsum("bal,abld->bld", weights, outputs)
+
+
+class RegisterGaussianAttention(nn.Module):
+    """Register-augmented Gaussian attention over a fixed-length token sequence (L = 32 clips or 128 frames).
+
+    Video tokens attend to all valid video tokens and all registers through A parallel blocks (one plain, the
+    rest with a multiplicative Gaussian prior on video-to-video logits). Register outputs are never used, so
+    only the L video rows are computed as queries (the original computes and discards the register rows).
+    """
+
+    def __init__(self, dim: int, length: int, n_heads: int, dropout: float, attention_num: int,
+                 temperature: float, use_registers: bool = True):
+        super().__init__()
+        self.length = length
+        self.use_registers = use_registers
+        if use_registers:
+            self.register_proj = Projection(dim, dim, dropout)
+        self.branches = StackedAttentionBlocks(attention_num, dim, n_heads, dropout)
+        self.fusion = BranchFusion(dim, length, n_heads, dropout, temperature)
+        ones = torch.ones(length, length)
+        kernels = [ones if w is None else gaussian_kernel(length, w) for w in branch_widths(attention_num)]
+        self.register_buffer("gaussian", torch.stack(kernels), persistent=False)  # (A, L, L)
+
+    def forward(self, tokens: torch.Tensor, registers: torch.Tensor | None,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L, D), registers (B, K, D), key_mask (B, L) -> (B, L, D)."""
+        B, L, _ = tokens.shape
+        if L != self.length:
+            raise ValueError(f"expected {self.length} tokens, got {L}")
+        scale = self.gaussian
+        context, mask = tokens, key_mask
+        if self.use_registers:
+            regs = self.register_proj(registers)  # (B, K, D)
+            K = regs.shape[1]
+            context = torch.cat([tokens, regs], dim=1)  # (B, L+K, D)
+            scale = torch.cat([scale, scale.new_ones(scale.shape[0], L, K)], dim=-1)  # (A, L, L+K)
+            if key_mask is not None:
+                mask = torch.cat([key_mask, key_mask.new_ones(B, K)], dim=1)  # (B, L+K)
+        outputs = self.branches(tokens, context, mask, scale)  # (A, B, L, D)
+        return self.fusion(outputs, key_mask)

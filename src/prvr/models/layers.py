@@ -1,0 +1,182 @@
+"""Shared building blocks of the PRVR models (MS-SL / GMMFormer / HLFormer / DreamPRVR family)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MASK_LOGIT = -10000.0  # added to the logits of masked keys, as in the original
+
+
+class Projection(nn.Module):
+    """Input projection: LayerNorm(in) -> Dropout -> Linear(in, out) -> ReLU."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.drop = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.linear(self.drop(self.norm(x))))
+
+
+class PositionalEncoding(nn.Module):
+    """Learned position table added, then LayerNorm and Dropout."""
+
+    def __init__(self, max_len: int, dim: int, dropout: float):
+        super().__init__()
+        self.table = nn.Embedding(max_len, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[1]
+        if length > self.table.num_embeddings:
+            raise ValueError(f"sequence of {length} positions exceeds the table of {self.table.num_embeddings}")
+        return self.drop(self.norm(x + self.table.weight[:length]))
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention with Q/K/V projections and no output projection.
+
+    `logit_scale` (Lq, Lk) multiplies the raw scaled logits (the Gaussian prior) before masking.
+    `key_mask` (B, Lk) or (B, Lq, Lk), 1 = attend.
+    """
+
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"hidden size {dim} not divisible by {n_heads} heads")
+        self.n_heads = n_heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None,
+                logit_scale: torch.Tensor | None = None) -> torch.Tensor:
+        q = _heads(self.query(x), self.n_heads)  # (B, h, Lq, dh)
+        k = _heads(self.key(context), self.n_heads)  # (B, h, Lk, dh)
+        v = _heads(self.value(context), self.n_heads)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, Lq, Lk)
+        if logit_scale is not None:
+            logits = logits * logit_scale
+        if key_mask is not None:
+            logits = logits + _additive_mask(key_mask)
+        attn = self.drop(logits.softmax(dim=-1))
+        return _merge_heads(attn @ v)  # (B, Lq, D)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(F.relu(self.fc1(x))))
+
+
+class AttentionBlock(nn.Module):
+    """Post-norm transformer layer: x1 = LN(x + Drop(MHA)), out = LN(x1 + Drop(FFN(x1))).
+
+    With `context` it is a cross-attention block (queries from x, keys/values from context).
+    """
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, ffn_mult: int = 4):
+        super().__init__()
+        self.attn = MultiHeadAttention(dim, n_heads, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, dim * ffn_mult, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                logit_scale: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.attn(x, x if context is None else context, key_mask, logit_scale)
+        x = self.norm1(x + self.drop(a))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+
+def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    return x.unflatten(-1, (n_heads, -1)).transpose(-2, -3)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(-2, -3).flatten(-2)
+
+
+def _additive_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, Lk) or (B, Lq, Lk) 0/1 mask -> additive logits broadcastable to (B, h, Lq, Lk)."""
+    if mask.dim() == 2:
+        mask = mask[:, None, :]
+    return (1.0 - mask[:, None].to(torch.float32)) * MASK_LOGIT
+
+
+def gaussian_kernel(length: int, width: float) -> torch.Tensor:
+    """(L, L) Gaussian prior of width w: centre i/L, position j/(L-1), sigma = max(w, 0.01)/9, row max = 1."""
+    centre = torch.arange(length, dtype=torch.float32)[:, None] / length  # (L, 1)
+    position = torch.linspace(0, 1, length, dtype=torch.float32)[None, :]  # (1, L)
+    sigma = max(width, 0.01) / 9
+    g = torch.exp(-((position - centre) ** 2) / (2 * sigma**2))  # (L, L)
+    return g / g.max(dim=-1, keepdim=True).values
+
+
+class StackedAttentionBlocks(nn.Module):
+    """A parallel bank of AttentionBlocks run as one batched pass over stacked weights.
+
+    Each block keeps its own parameters (so state dicts stay one module per branch); forward stacks them
+    and runs all branches with batched matmuls: (A, B, L, D) out for A branches.
+    """
+
+    def __init__(self, n_blocks: int, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(AttentionBlock(dim, n_heads, dropout) for _ in range(n_blocks))
+        self.n_heads = n_heads
+        self.dropout = dropout
+
+    def _stack(self, getter) -> torch.Tensor:
+        return torch.stack([getter(b) for b in self.blocks])
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None,
+                logit_scale: torch.Tensor | None) -> torch.Tensor:
+        """x (B, Lq, D) queries, context (B, Lk, D), key_mask (B, Lk), logit_scale (A, Lq, Lk) -> (A, B, Lq, D)."""
+        A, h = len(self.blocks), self.n_heads
+        B, Lq, D = x.shape
+        Lk = context.shape[1]
+        st = self._stack
+        wq, wk, wv = (st(lambda b, n=n: getattr(b.attn, n).weight) for n in ("query", "key", "value"))  # (A, D, D)
+        bq, bk, bv = (st(lambda b, n=n: getattr(b.attn, n).bias) for n in ("query", "key", "value"))  # (A, D)
+        xf = x.reshape(1, B * Lq, D)
+        cf = context.reshape(1, B * Lk, D)
+        q = torch.baddbmm(bq[:, None], xf.expand(A, -1, -1), wq.transpose(1, 2))  # (A, B*Lq, D)
+        k = torch.baddbmm(bk[:, None], cf.expand(A, -1, -1), wk.transpose(1, 2))  # (A, B*Lk, D)
+        v = torch.baddbmm(bv[:, None], cf.expand(A, -1, -1), wv.transpose(1, 2))
+        q = q.view(A, B, Lq, h, -1).transpose(2, 3)  # (A, B, h, Lq, dh)
+        k = k.view(A, B, Lk, h, -1).transpose(2, 3)
+        v = v.view(A, B, Lk, h, -1).transpose(2, 3)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (A, B, h, Lq, Lk)
+        if logit_scale is not None:
+            logits = logits * logit_scale[:, None, None]
+        if key_mask is not None:
+            logits = logits + _additive_mask(key_mask)
+        attn = F.dropout(logits.softmax(dim=-1), self.dropout, self.training)
+        a = (attn @ v).transpose(2, 3).reshape(A, B * Lq, D)  # (A, B*Lq, D)
+        y = x.reshape(1, B * Lq, D) + F.dropout(a, self.dropout, self.training)
+        y = _stacked_layer_norm(y, st(lambda b: b.norm1.weight), st(lambda b: b.norm1.bias), self.blocks[0].norm1.eps)
+        hdn = F.relu(torch.baddbmm(st(lambda b: b.ffn.fc1.bias)[:, None], y, st(lambda b: b.ffn.fc1.weight).transpose(1, 2)))
+        hdn = F.dropout(hdn, self.dropout, self.training)
+        f = torch.baddbmm(st(lambda b: b.ffn.fc2.bias)[:, None], hdn, st(lambda b: b.ffn.fc2.weight).transpose(1, 2))
+        y = y + F.dropout(f, self.dropout, self.training)
+        y = _stacked_layer_norm(y, st(lambda b: b.norm2.weight), st(lambda b: b.norm2.bias), self.blocks[0].norm2.eps)
+        return y.view(A, B, Lq, D)
+
+
+def _stacked_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """x (A, M, D), weight/bias (A, D): a separate affine LayerNorm per leading index."""
+    return F.layer_norm(x, x.shape[-1:], eps=eps) * weight[:, None] + bias[:, None]
