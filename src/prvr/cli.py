@@ -1,0 +1,178 @@
+"""`prvr`: one entry point, one sub-command per job. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prvr.errors import PrvrError
+
+app = typer.Typer(help="Partially relevant video retrieval: DreamPRVR, faithful and fast.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Check and convert datasets in the standard PRVR release layout.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=False)
+
+Root = Annotated[Path, typer.Argument(help="dataset root (holds <collection>/TextData and FeatureData)")]
+Collection = Annotated[str, typer.Option("--collection", "-c", help="activitynet | charades | tvr | your own name")]
+Feature = Annotated[str | None, typer.Option("--feature", help="visual feature folder (default per collection)")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps")]
+
+
+def metrics_table(rows: dict[str, dict[str, float]], title: str = "") -> Table:
+    t = Table(title=title or None)
+    t.add_column("")
+    for k in ("R@1", "R@5", "R@10", "R@100", "SumR"):
+        t.add_column(k, justify="right")
+    for name, m in rows.items():
+        t.add_row(name, *(f"{m[k]:.1f}" for k in ("R@1", "R@5", "R@10", "R@100", "SumR")))
+    return t
+
+
+@app.command()
+def synth(root: Root, preset: Annotated[str, typer.Option(help="tiny | charades-small | charades | tvr-small | ...")] = "charades-small",
+          seed: Annotated[int | None, typer.Option(help="override the preset's seed")] = None,
+          bigfile: Annotated[bool, typer.Option(help="also write the BigFile form")] = False,
+          scale: Annotated[float, typer.Option(help="multiply the number of videos per split")] = 1.0):
+    """Write a deterministic synthetic dataset in the standard layout (ROOT/<collection>/...)."""
+    from prvr.data.synth import write_synthetic
+
+    layout = write_synthetic(root, preset, seed=seed, bigfile=bigfile, scale=scale)
+    console.print(f"wrote {layout.base} (collection {layout.collection}, feature {layout.visual_feature})")
+
+
+@data_app.command("check")
+def data_check(root: Root, collection: Collection, feature: Feature = None):
+    """Validate a dataset: features for every caption, dims, NaN/Inf, empty videos. Exit 2 on any problem."""
+    from prvr.data.check import check_dataset
+    from prvr.data.layout import DatasetLayout
+
+    rep = check_dataset(DatasetLayout(root, collection, feature))
+    for split, c in rep.counts.items():
+        console.print(f"{split}: {c['videos']} videos, {c['queries']} queries")
+    if rep.visual_dim:
+        console.print(f"visual dim {rep.visual_dim}, text dim {rep.text_dim}")
+    for p in rep.problems:
+        print(p, file=sys.stderr)
+    if not rep.ok:
+        print(f"{len(rep.problems)} problem(s) found", file=sys.stderr)
+        raise typer.Exit(2)
+    console.print("ok")
+
+
+@data_app.command("convert")
+def data_convert(root: Root, collection: Collection, feature: Feature = None,
+                 out: Annotated[Path | None, typer.Option(help="output file (default FeatureData/<f>/feature.hdf5)")] = None):
+    """Convert a BigFile (feature.bin, id.txt, shape.txt) into feature.hdf5, streaming and atomically."""
+    from prvr.data.features import convert_bigfile
+    from prvr.data.layout import DatasetLayout
+
+    path = convert_bigfile(DatasetLayout(root, collection, feature), out)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def train(preset: Annotated[str | None, typer.Option(help="activitynet | charades | tvr (see `prvr presets`)")] = None,
+          data: Annotated[Path | None, typer.Option(help="dataset root")] = None,
+          out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/prvr"),
+          config: Annotated[Path | None, typer.Option(help="YAML file overriding the preset")] = None,
+          set_: Annotated[list[str] | None, typer.Option("--set", help="section.key=value, repeatable")] = None,
+          epochs: Annotated[int | None, typer.Option(help="shortcut for --set train.epochs=N")] = None,
+          seed: Annotated[int | None, typer.Option(help="shortcut for --set train.seed=N")] = None,
+          resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+          device: Device = "auto", quiet: Annotated[bool, typer.Option(help="no progress bars")] = False):
+    """Train a model with the original optimisation; best/last checkpoints and metrics.jsonl in --out."""
+    from prvr.config import load_yaml, resolve
+    from prvr.device import resolve_device
+    from prvr.train.loop import train as run_train
+
+    overrides = list(set_ or [])
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
+    if data is not None:
+        overrides.append(f"data.root={data}")
+    if resume and (out / "config.yaml").exists() and not (preset or config or set_):
+        cfg = load_yaml(out / "config.yaml")  # the run's own resolved config
+    else:
+        cfg = resolve(preset, str(config) if config else None, overrides)
+    res = run_train(cfg, out, resolve_device(device), resume=resume, progress=not quiet)
+    if res.best_metrics:
+        console.print(metrics_table({f"best (epoch {res.best_epoch})": res.best_metrics}))
+    console.print(f"checkpoints in {res.out_dir}")
+
+
+@app.command("eval")
+def evaluate_cmd(checkpoint: Annotated[Path, typer.Option(help="prvr checkpoint (.safetensors)")],
+                 data: Annotated[Path, typer.Option(help="dataset root")],
+                 split: Annotated[str, typer.Option(help="val | test | train")] = "test",
+                 collection: Annotated[str | None, typer.Option(help="default: from the checkpoint")] = None,
+                 feature: Feature = None,
+                 save_scores: Annotated[Path | None, typer.Option(help="write the (queries x videos) matrix (.npy)")] = None,
+                 json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics as JSON")] = None,
+                 device: Device = "auto", quiet: Annotated[bool, typer.Option(help="no progress bars")] = False):
+    """Evaluate a checkpoint on a split: R@1/5/10/100 and SumR, the original protocol."""
+    from prvr.data.layout import DatasetLayout
+    from prvr.device import resolve_device
+    from prvr.eval.evaluator import evaluate, save_scores as write_scores
+    from prvr.io import write_json_atomic
+    from prvr.train.checkpoint import load_checkpoint
+
+    dev = resolve_device(device)
+    model, cfg, _ = load_checkpoint(checkpoint, dev)
+    layout = DatasetLayout(data, collection or cfg.data.collection, feature or cfg.data.visual_feature)
+    if not layout.caption_file(split).exists():
+        raise PrvrError(f"{layout.caption_file(split)}: caption file for split {split!r} not found")
+    res = evaluate(model, layout, split, cfg.train.eval_context_bsz, cfg.train.eval_query_bsz, dev,
+                   keep_scores=save_scores is not None, progress=not quiet)
+    console.print(metrics_table({f"{layout.collection} {split}": res.metrics},
+                                f"{len(res.query_ids)} queries x {len(res.video_ids)} videos"))
+    if save_scores is not None:
+        write_scores(save_scores, res.scores)
+        console.print(f"scores written to {save_scores} (rows: caption-file order, columns: first appearance)")
+    if json_out is not None:
+        write_json_atomic(json_out, {"checkpoint": str(checkpoint), "split": split, "collection": layout.collection,
+                                     "n_queries": len(res.query_ids), "n_videos": len(res.video_ids), **res.metrics})
+
+
+@app.command("convert-checkpoint")
+def convert_checkpoint(src: Annotated[Path, typer.Argument(help="authors' checkpoint (torch file, loaded weights-only)")],
+                       out: Annotated[Path, typer.Argument(help="output prvr checkpoint (.safetensors)")]):
+    """Import a checkpoint of the original DreamPRVR release into a prvr checkpoint."""
+    from prvr.models.import_original import import_original_checkpoint
+
+    cfg = import_original_checkpoint(src, out)
+    console.print(f"wrote {out} ({cfg.data.collection}, {cfg.model.num_registers} registers)")
+
+
+@app.command()
+def presets():
+    """List the training presets and the synthetic data presets."""
+    from prvr.config import preset_names
+    from prvr.data.synth import PRESETS
+
+    console.print("training presets: " + ", ".join(preset_names()))
+    console.print("synthetic presets: " + ", ".join(PRESETS))
+
+
+def main() -> None:
+    try:
+        app()
+    except PrvrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
+
+__all__ = ["app", "main"]

@@ -1,0 +1,136 @@
+"""Training loop of the original protocol: per-epoch validation, best/last checkpoints, early stopping on
+validation SumR, hard negatives from a given epoch, exact resume at epoch boundaries."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from prvr.config import RunConfig
+from prvr.data.datasets import TrainVideos, collate_train
+from prvr.data.layout import DatasetLayout
+from prvr.errors import PrvrError
+from prvr.eval.evaluator import evaluate
+from prvr.io import write_text_atomic
+from prvr.losses import DreamPRVRLoss
+from prvr.models import build_model
+from prvr.train.checkpoint import restore_training, save_checkpoint
+from prvr.train.optim import BertAdam, param_groups
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_metrics: dict[str, float]
+    epochs_run: int
+    out_dir: Path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu", resume: bool = False,
+          progress: bool = True, log=print) -> TrainResult:
+    out_dir = Path(out_dir)
+    if cfg.data.root is None:
+        raise PrvrError("no data root: pass --data ROOT")
+    layout = DatasetLayout(cfg.data.root, cfg.data.collection, cfg.data.visual_feature)
+    splits = layout.splits_present()
+    if "train" not in splits:
+        raise PrvrError(f"{layout.caption_file('train')}: training caption file not found")
+    val_split = "val" if "val" in splits else "test"
+    tc, mc = cfg.train, cfg.model
+    seed_everything(tc.seed)
+    model = build_model(mc, device)
+    dataset = TrainVideos(layout, "train", mc.map_size, mc.max_ctx_l, mc.max_desc_l)
+    steps_per_epoch = -(-len(dataset) // tc.batch_videos)
+    optimizer = BertAdam(param_groups(model, tc.weight_decay), lr=tc.lr, warmup=tc.lr_warmup_proportion,
+                         t_total=steps_per_epoch * tc.epochs, max_grad_norm=tc.grad_clip)
+    criterion = DreamPRVRLoss(cfg.loss)
+    state = {"epoch": -1, "best_sumr": -1.0, "best_epoch": -1, "best_metrics": {}, "es_cnt": 0}
+    last_path, best_path, log_path = out_dir / "last.safetensors", out_dir / "best.safetensors", out_dir / "metrics.jsonl"
+    if resume:
+        if not last_path.exists():
+            raise PrvrError(f"{last_path}: nothing to resume (no last checkpoint in {out_dir})")
+        state.update(restore_training(last_path, model, optimizer))
+        log(f"resumed from epoch {state['epoch']} (best SumR {state['best_sumr']:.1f} at epoch {state['best_epoch']})")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if log_path.exists():
+            log_path.unlink()
+    write_text_atomic(out_dir / "config.yaml", _yaml(cfg))
+    tb = _tensorboard(out_dir)
+    start = state["epoch"] + 1
+    for epoch in range(start, tc.epochs):
+        t0 = time.time()
+        hard = epoch >= tc.hard_negative_start_epoch
+        loader = DataLoader(dataset, batch_size=tc.batch_videos, shuffle=True, collate_fn=collate_train,
+                            num_workers=tc.num_workers, generator=torch.Generator().manual_seed(tc.seed * 1000 + epoch))
+        model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
+        for batch in bar:
+            b = batch.to(device)
+            out = model(b.clip, b.frames, b.frame_mask, b.text, b.text_mask, b.labels,
+                        second_query_pass=not tc.single_query_pass)
+            loss, terms = criterion(out, b.labels, hard_negative=hard)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        train_terms = {k: v / len(loader) for k, v in sums.items()}
+        val = evaluate(model, layout, val_split, tc.eval_context_bsz, tc.eval_query_bsz, device,
+                       num_workers=tc.num_workers).metrics
+        improved = val["SumR"] > state["best_sumr"]
+        state["epoch"] = epoch
+        if improved:
+            state.update(best_sumr=val["SumR"], best_epoch=epoch, best_metrics=val, es_cnt=0)
+            save_checkpoint(best_path, model, cfg, {"epoch": epoch, "split": val_split, "metrics": val})
+        else:
+            state["es_cnt"] += 1
+        save_checkpoint(last_path, model, cfg, state, optimizer)
+        record = {"epoch": epoch, "lr": optimizer.current_lr(), "hard_negative": hard, "train": train_terms,
+                  val_split: val, "seconds": round(time.time() - t0, 2)}
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if tb is not None:
+            for k, v in train_terms.items():
+                tb.add_scalar(f"train/{k}", v, epoch)
+            for k, v in val.items():
+                tb.add_scalar(f"{val_split}/{k}", v, epoch)
+        log(f"epoch {epoch}: loss {train_terms['loss']:.4f}  {val_split} " +
+            " ".join(f"{k} {v:.1f}" for k, v in val.items()) + ("  *" if improved else ""))
+        if state["es_cnt"] > tc.max_es_cnt:
+            log(f"early stop: no {val_split} SumR improvement for {state['es_cnt']} epochs")
+            break
+    if tb is not None:
+        tb.close()
+    return TrainResult(state["best_epoch"], state["best_metrics"], state["epoch"] + 1, out_dir)
+
+
+def _yaml(cfg: RunConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
