@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prvr.models.fused import drop, dropout_scale, relu_drop
+
 MASK_LOGIT = -10000.0  # added to the logits of masked keys, as in the original
 
 
@@ -145,34 +147,40 @@ class StackedAttentionBlocks(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None,
                 logit_scale: torch.Tensor | None) -> torch.Tensor:
-        """x (B, Lq, D) queries, context (B, Lk, D), key_mask (B, Lk), logit_scale (A, Lq, Lk) -> (A, B, Lq, D)."""
-        A, h = len(self.blocks), self.n_heads
+        """x (B, Lq, D) queries, context (B, Lk, D) whose first Lq rows are x itself (self-attention, extra
+        keys appended), key_mask (B, Lk), logit_scale (A, Lq, Lk) -> (A, B, Lq, D)."""
+        A, h, p, tr = len(self.blocks), self.n_heads, self.dropout, self.training
         B, Lq, D = x.shape
         Lk = context.shape[1]
         st = self._stack
-        wq, wk, wv = (st(lambda b, n=n: getattr(b.attn, n).weight) for n in ("query", "key", "value"))  # (A, D, D)
-        bq, bk, bv = (st(lambda b, n=n: getattr(b.attn, n).bias) for n in ("query", "key", "value"))  # (A, D)
-        xf = x.reshape(1, B * Lq, D)
-        cf = context.reshape(1, B * Lk, D)
-        q = torch.baddbmm(bq[:, None], xf.expand(A, -1, -1), wq.transpose(1, 2))  # (A, B*Lq, D)
-        k = torch.baddbmm(bk[:, None], cf.expand(A, -1, -1), wk.transpose(1, 2))  # (A, B*Lk, D)
-        v = torch.baddbmm(bv[:, None], cf.expand(A, -1, -1), wv.transpose(1, 2))
-        q = q.view(A, B, Lq, h, -1).transpose(2, 3)  # (A, B, h, Lq, dh)
-        k = k.view(A, B, Lk, h, -1).transpose(2, 3)
-        v = v.view(A, B, Lk, h, -1).transpose(2, 3)
-        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (A, B, h, Lq, Lk)
+        # one GEMM for Q, K, V of all branches over the query rows; K, V only for the appended rows
+        w = torch.cat([st(lambda b, n=n: getattr(b.attn, n).weight) for n in ("query", "key", "value")])  # (3A, D, D)
+        bias = torch.cat([st(lambda b, n=n: getattr(b.attn, n).bias) for n in ("query", "key", "value")])  # (3A, D)
+        qkv = torch.addmm(bias.flatten(), x.reshape(B * Lq, D), w.flatten(0, 1).T)  # (B*Lq, 3A*D)
+        qkv = qkv.view(B, Lq, 3, A, h, D // h)
+        q, k, v = (t.permute(2, 0, 3, 1, 4) for t in qkv.unbind(2))  # (A, B, h, Lq, dh)
+        if Lk > Lq:
+            extra = context[:, Lq:].reshape(-1, D)  # (B*(Lk-Lq), D)
+            kv = torch.addmm(bias[A:].flatten(), extra, w[A:].flatten(0, 1).T).view(B, Lk - Lq, 2, A, h, D // h)
+            k_extra, v_extra = (t.permute(2, 0, 3, 1, 4) for t in kv.unbind(2))
+            k = torch.cat([k, k_extra], dim=3)  # (A, B, h, Lk, dh)
+            v = torch.cat([v, v_extra], dim=3)
+        logits = q @ k.transpose(-1, -2)  # (A, B, h, Lq, Lk)
         if logit_scale is not None:
-            logits = logits * logit_scale[:, None, None]
+            logits = logits * (logit_scale[:, None, None] / math.sqrt(D // h))
+        else:
+            logits = logits / math.sqrt(D // h)
         if key_mask is not None:
             logits = logits + _additive_mask(key_mask)
-        attn = F.dropout(logits.softmax(dim=-1), self.dropout, self.training)
-        a = (attn @ v).transpose(2, 3).reshape(A, B * Lq, D)  # (A, B*Lq, D)
-        y = x.reshape(1, B * Lq, D) + F.dropout(a, self.dropout, self.training)
+        attn = drop(logits.softmax(dim=-1), p, tr)
+        a = (attn @ v).permute(0, 1, 3, 2, 4).reshape(A, B * Lq, D)  # (A, B*Lq, D)
+        y = torch.add(x.reshape(1, B * Lq, D), drop(a, p, tr), alpha=dropout_scale(p, tr) ** 2)
         y = _stacked_layer_norm(y, st(lambda b: b.norm1.weight), st(lambda b: b.norm1.bias), self.blocks[0].norm1.eps)
-        hdn = F.relu(torch.baddbmm(st(lambda b: b.ffn.fc1.bias)[:, None], y, st(lambda b: b.ffn.fc1.weight).transpose(1, 2)))
-        hdn = F.dropout(hdn, self.dropout, self.training)
-        f = torch.baddbmm(st(lambda b: b.ffn.fc2.bias)[:, None], hdn, st(lambda b: b.ffn.fc2.weight).transpose(1, 2))
-        y = y + F.dropout(f, self.dropout, self.training)
+        hdn = torch.baddbmm(st(lambda b: b.ffn.fc1.bias)[:, None], y, st(lambda b: b.ffn.fc1.weight).transpose(1, 2))
+        hdn = relu_drop(hdn, p, tr)  # (A, B*Lq, 4D)
+        f = torch.baddbmm(st(lambda b: b.ffn.fc2.bias)[:, None], hdn, st(lambda b: b.ffn.fc2.weight).transpose(1, 2),
+                          alpha=dropout_scale(p, tr))
+        y = torch.add(y, drop(f, p, tr), alpha=dropout_scale(p, tr))
         y = _stacked_layer_norm(y, st(lambda b: b.norm2.weight), st(lambda b: b.norm2.bias), self.blocks[0].norm2.eps)
         return y.view(A, B, Lq, D)
 

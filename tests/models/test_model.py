@@ -1,0 +1,146 @@
+import pytest
+import torch
+
+from prvr.config import LossConfig
+from prvr.losses import DreamPRVRLoss
+from prvr.models import build_model
+from prvr.models.layers import StackedAttentionBlocks, gaussian_kernel
+from tests.conftest import tiny_model_config
+
+
+def batch(n_videos=3, caps=(2, 1, 3), lens=(5, 40, 200), cfg=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = cfg or tiny_model_config()
+    clip = torch.nn.functional.normalize(torch.randn(n_videos, 32, cfg.visual_dim, generator=g), dim=-1)
+    n_frames = [min(n, 128) for n in lens[:n_videos]]
+    frames = torch.zeros(n_videos, max(n_frames), cfg.visual_dim)
+    fmask = torch.zeros(n_videos, max(n_frames))
+    for i, n in enumerate(n_frames):
+        frames[i, :n] = torch.randn(n, cfg.visual_dim, generator=g)
+        fmask[i, :n] = 1
+    labels = torch.tensor([v for v in range(n_videos) for _ in range(caps[v])])
+    N = len(labels)
+    lq = torch.randint(1, 30, (N,), generator=g)
+    text = torch.randn(N, int(lq.max()), cfg.text_dim, generator=g)
+    tmask = (torch.arange(int(lq.max()))[None] < lq[:, None]).float()
+    return clip, frames, fmask, text * tmask[..., None], tmask, labels
+
+
+def test_stacked_blocks_equal_reference_forward_and_grad():
+    torch.manual_seed(0)
+    D, L, K, A = 32, 16, 3, 8
+    bank = StackedAttentionBlocks(A, D, 4, dropout=0.0)
+    for p in bank.parameters():
+        torch.nn.init.normal_(p, 0, 0.2)
+    x = torch.randn(5, L, D, requires_grad=True)
+    ctx_extra = torch.randn(5, K, D, requires_grad=True)
+    mask = (torch.rand(5, L + K) > 0.2).float()
+    mask[:, L:] = 1
+    scale = torch.stack([torch.ones(L, L)] + [gaussian_kernel(L, w) for w in (0.25, .5, 1, 2, 4, 8, 16)])
+    scale = torch.cat([scale, torch.ones(A, L, K)], -1)
+    ctx = torch.cat([x, ctx_extra], 1)
+    out = bank(x, ctx, mask, scale)
+    ref = torch.stack([blk(x, key_mask=mask, context=ctx, logit_scale=scale[a]) for a, blk in enumerate(bank.blocks)])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn_like(out)
+    g1 = torch.autograd.grad((out * w).sum(), [x, ctx_extra, *bank.parameters()])
+    g2 = torch.autograd.grad((ref * w).sum(), [x, ctx_extra, *bank.parameters()])
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_dropout_rate_in_training():
+    from prvr.models.fused import drop, relu_drop
+
+    x = torch.ones(200_000)
+    kept = (drop(x, 0.31, True) != 0).float().mean()
+    assert abs(float(kept) - 0.69) < 0.005
+    assert torch.equal(drop(x, 0.31, False), x)
+    y = relu_drop(torch.randn(200_000, requires_grad=True), 0.25, True)
+    assert abs(float((y > 0).float().mean()) - 0.375) < 0.005
+
+
+def test_inference_deterministic_and_query_independent():
+    cfg = tiny_model_config()
+    model = build_model(cfg).eval()
+    clip, frames, fmask, text, tmask, _ = batch(cfg=cfg)
+    with torch.no_grad():
+        a = model.encode_videos(clip, frames, fmask)
+        b = model.encode_videos(clip, frames, fmask)
+        single = model.encode_videos(clip[1:2], frames[1:2], fmask[1:2])
+    assert torch.equal(a.clip, b.clip) and torch.equal(a.frame, b.frame)
+    torch.testing.assert_close(single.clip, a.clip[1:2], atol=1e-5, rtol=1e-5)  # no cross-video leakage
+    assert torch.all(a.frame[0, 5:] == 0)  # padded frame positions zeroed
+    with torch.no_grad():
+        q = model.encode_queries(text[:1], tmask[:1])  # a single query
+        s = model.score(q, a)
+    assert q.shape == (1, cfg.hidden_size) and s.shape == (1, 3)
+
+
+def test_inference_does_no_training_work(monkeypatch):
+    cfg = tiny_model_config()
+    model = build_model(cfg).eval()
+    called = []
+    monkeypatch.setattr(model.text_perturbation, "forward", lambda *a, **k: called.append(1))
+    clip, frames, fmask, *_ = batch(cfg=cfg)
+    with torch.no_grad():
+        model.encode_videos(clip, frames, fmask)
+    assert not called
+
+
+@pytest.mark.parametrize("ablation", [{}, {"use_registers": False}, {"use_diffusion": False},
+                                      {"video_centric_init": False}, {"sinusoidal_time_embedding": True},
+                                      {"num_registers": 1}])
+def test_training_step_all_variants(ablation):
+    cfg = tiny_model_config(**ablation)
+    model = build_model(cfg).train()
+    crit = DreamPRVRLoss(LossConfig())
+    clip, frames, fmask, text, tmask, labels = batch(cfg=cfg)
+    out = model(clip, frames, fmask, text, tmask, labels)
+    loss, terms = crit(out, labels, hard_negative=True)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert ("diffusion" in terms) == (cfg.use_registers and cfg.use_diffusion)
+    assert ("kl" in terms) == cfg.use_registers
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    if not cfg.use_registers:
+        assert not hasattr(model, "denoiser") and not hasattr(model, "video_sampler")
+    if cfg.sinusoidal_time_embedding:
+        from prvr.models.dreamprvr.samplers import sinusoidal_table
+
+        assert torch.equal(model.denoiser.time_embed.table.weight, sinusoidal_table(cfg.timesteps, cfg.hidden_size))
+
+
+def test_ablation_changes_registers():
+    base = build_model(tiny_model_config()).eval()
+    no_diff = build_model(tiny_model_config(use_diffusion=False)).eval()
+    no_diff.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith("denoiser.")})
+    clip, frames, fmask, *_ = batch()
+    with torch.no_grad():
+        assert not torch.allclose(base.encode_videos(clip, frames, fmask).clip,
+                                  no_diff.encode_videos(clip, frames, fmask).clip)
+
+
+def test_single_video_batch_and_single_caption():
+    cfg = tiny_model_config()
+    model = build_model(cfg).train()
+    crit = DreamPRVRLoss(LossConfig())
+    clip, frames, fmask, text, tmask, labels = batch(n_videos=1, caps=(1,), lens=(7,), cfg=cfg)
+    out = model(clip, frames, fmask, text, tmask, labels)
+    loss, _ = crit(out, labels, hard_negative=False)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_too_many_frames_is_an_error():
+    cfg = tiny_model_config()
+    model = build_model(cfg).eval()
+    with pytest.raises(ValueError, match="max_ctx_l"):
+        model.encode_videos(torch.zeros(1, 32, 48), torch.zeros(1, 129, 48), torch.ones(1, 129))
+
+
+def test_device_is_a_parameter():
+    model = build_model(tiny_model_config(), device="cpu")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert all(b.device.type == "cpu" for b in model.buffers())
