@@ -120,7 +120,8 @@ def evaluate_cmd(checkpoint: Annotated[Path, typer.Option(help="prvr checkpoint 
     """Evaluate a checkpoint on a split: R@1/5/10/100 and SumR, the original protocol."""
     from prvr.data.layout import DatasetLayout
     from prvr.device import resolve_device
-    from prvr.eval.evaluator import evaluate, save_scores as write_scores
+    from prvr.eval.evaluator import evaluate
+    from prvr.eval.evaluator import save_scores as write_scores
     from prvr.io import write_json_atomic
     from prvr.train.checkpoint import load_checkpoint
 

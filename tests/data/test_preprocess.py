@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from prvr.data.preprocess import average_to_fixed_length, clip_grid, frame_sequence, l2_normalize, query_tokens
+from prvr.data.preprocess import (
+    average_to_fixed_length,
+    clip_grid,
+    frame_sequence,
+    l2_normalize,
+    query_tokens,
+)
 
 
 def test_golden_inputs_from_raw_frames(golden):

@@ -6,6 +6,7 @@ import re
 
 import torch
 
+from prvr.config import ModelConfig
 from prvr.errors import CheckpointError
 
 # Applied in order to each original name.
@@ -90,9 +91,7 @@ CONFIG_KEYS = {
 }
 
 
-def model_config_from_original(original: dict) -> "ModelConfig":  # noqa: UP037
-    from prvr.config import ModelConfig
-
+def model_config_from_original(original: dict) -> ModelConfig:
     cfg = ModelConfig()
     for key, field_name in CONFIG_KEYS.items():
         if key in original and original[key] is not None:

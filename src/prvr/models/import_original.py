@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,7 +49,9 @@ def import_original_checkpoint(src: str | Path, out: str | Path) -> RunConfig:
     if not src.exists():
         raise CheckpointError(f"{src}: checkpoint not found")
     try:
-        ckpt = torch.load(src, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the load is weights-only anyway
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(src, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         raise CheckpointError(f"{src}: not loadable weights-only as a torch checkpoint ({str(e).splitlines()[0]})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:

@@ -99,7 +99,7 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         train_terms = {k: v / len(loader) for k, v in sums.items()}
         val = evaluate(model, layout, val_split, tc.eval_context_bsz, tc.eval_query_bsz, device,
                        num_workers=tc.num_workers).metrics
