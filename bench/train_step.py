@@ -17,10 +17,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_mb, random_batch, write_result  # noqa: E402
 
-from prvr.config import load_preset  # noqa: E402
+from prvr.config import apply_overrides, load_preset  # noqa: E402
 from prvr.device import resolve_device  # noqa: E402
 from prvr.losses import DreamPRVRLoss  # noqa: E402
 from prvr.models import build_model  # noqa: E402
+from prvr.runtime import tune_allocator  # noqa: E402
 from prvr.train.optim import BertAdam, param_groups  # noqa: E402
 
 
@@ -32,10 +33,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     ap.add_argument("--profile", action="store_true", help="print the torch profiler's top operators")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
+    ap.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc's allocator defaults")
     ap.add_argument("--json", action="store_true", help="end with one JSON line")
     args = ap.parse_args()
+    if not args.no_malloc_tuning:
+        tune_allocator()
 
-    cfg = load_preset(args.preset)
+    cfg = apply_overrides(load_preset(args.preset), args.overrides)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     model = build_model(cfg.model, device).train()
@@ -66,7 +71,7 @@ def main() -> None:
         else:
             step()
         times.append(time.perf_counter() - t0)
-    result = {"preset": args.preset, "batch_videos": args.batch_videos, "n_queries": int(batch.labels.numel()),
+    result = {"preset": args.preset, "overrides": args.overrides, "malloc_tuning": not args.no_malloc_tuning, "batch_videos": args.batch_videos, "n_queries": int(batch.labels.numel()),
               "device": str(device), "amp": args.amp, "train_step_s": [round(t, 3) for t in times],
               "train_step_s_median": round(statistics.median(times), 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
     if device.type == "cuda":

@@ -163,6 +163,9 @@ def presets():
 
 
 def main() -> None:
+    from prvr.runtime import tune_allocator
+
+    tune_allocator()
     try:
         app()
     except PrvrError as e:

@@ -104,6 +104,13 @@ def _coerce(section: Any, key: str, value: Any, where: str) -> Any:
     current = getattr(section, key)
     if isinstance(value, str) and not isinstance(current, str):
         value = yaml.safe_load(value)
+    if isinstance(current, float) and isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            raise PrvrError(f"{where}: {key} expects a number, got {value!r}") from None
+    if isinstance(current, float) and not isinstance(value, (int, float)) or isinstance(value, bool) and not isinstance(current, bool):
+        raise PrvrError(f"{where}: {key} expects {type(current).__name__}, got {value!r}")
     if isinstance(current, bool) and not isinstance(value, bool):
         raise PrvrError(f"{where}: {key} expects true/false, got {value!r}")
     if isinstance(current, float) and isinstance(value, int):

@@ -34,16 +34,16 @@ class SynthPreset:
     tokens: tuple[int, int] = (6, 24)
     topics: int = 40
     attributes: int = 12
-    event_strength: float = 1.0
-    attribute_strength: float = 0.6
-    frame_noise: float = 1.0
-    token_noise: float = 1.0
+    event_strength: float = 0.8
+    attribute_strength: float = 0.4
+    frame_noise: float = 1.5
+    token_noise: float = 1.5
     seed: int = 0
 
 
 PRESETS: dict[str, SynthPreset] = {
     "tiny": SynthPreset("charades", 48, 40, (48, 16, 16), frames=(6, 150), topics=10, attributes=4),
-    "charades-small": SynthPreset("charades", 1024, 1024, (320, 80, 80)),
+    "charades-small": SynthPreset("charades", 1024, 1024, (320, 160, 160)),
     "charades": SynthPreset("charades", 1024, 1024, (5338, 1334, 1334), topics=160, attributes=24),
     "activitynet-small": SynthPreset("activitynet", 1024, 1024, (320, 80, 80), frames=(20, 300)),
     "activitynet": SynthPreset("activitynet", 1024, 1024, (9043, 4430, 4430), frames=(20, 300), topics=200,
