@@ -144,3 +144,14 @@ def test_device_is_a_parameter():
     model = build_model(tiny_model_config(), device="cpu")
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert all(b.device.type == "cpu" for b in model.buffers())
+
+
+@pytest.mark.parametrize("structure,present", [("both", {"query_diversity", "query_similarity_preservation"}),
+                                               ("qdl", {"query_diversity"}), ("qsp", {"query_similarity_preservation"}),
+                                               ("none", set())])
+def test_textual_structure_ablation(structure, present):
+    cfg = tiny_model_config()
+    model = build_model(cfg).train()
+    clip, frames, fmask, text, tmask, labels = batch(cfg=cfg)
+    _, terms = DreamPRVRLoss(LossConfig(textual_structure=structure))(model(clip, frames, fmask, text, tmask, labels), labels)
+    assert {"query_diversity", "query_similarity_preservation"} & set(terms) == present
