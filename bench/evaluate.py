@@ -83,7 +83,7 @@ def main() -> None:
               "amp": args.amp, "eval_total_s": round(total, 3), "encode_videos_s": round(t_videos, 3),
               "encode_queries_s": round(t_queries, 3), "score_and_rank_s": round(total - t_videos - t_queries, 3),
               "SumR_random_model": round(metrics["SumR"], 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
-    write_result(f"evaluate_{args.preset}{'_' + device.type if device.type != 'cpu' else ''}", result, args.json)
+    write_result(f"evaluate_{args.preset}{'_' + device.type if device.type != 'cpu' else ''}{'_bf16' if args.amp else ''}", result, args.json)
 
 
 if __name__ == "__main__":

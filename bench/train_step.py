@@ -76,7 +76,7 @@ def main() -> None:
               "train_step_s_median": round(statistics.median(times), 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
     if device.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    write_result(f"train_step_{args.preset}{'_' + device.type if device.type != 'cpu' else ''}", result, args.json)
+    write_result(f"train_step_{args.preset}{'_' + device.type if device.type != 'cpu' else ''}{'_bf16' if args.amp else ''}", result, args.json)
 
 
 if __name__ == "__main__":

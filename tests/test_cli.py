@@ -4,7 +4,7 @@ import sys
 import pytest
 
 COMMANDS = [[], ["synth"], ["data"], ["data", "check"], ["data", "convert"], ["train"], ["eval"],
-            ["convert-checkpoint"], ["presets"]]
+            ["convert-checkpoint"], ["presets"], ["index"], ["index", "build"], ["index", "add"], ["search"]]
 
 
 def cli(*args):

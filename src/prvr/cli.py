@@ -16,6 +16,8 @@ app = typer.Typer(help="Partially relevant video retrieval: DreamPRVR, faithful 
                   pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Check and convert datasets in the standard PRVR release layout.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+index_app = typer.Typer(help="Build and extend an on-disk index of video tokens.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
 console = Console(stderr=False)
 
 Root = Annotated[Path, typer.Argument(help="dataset root (holds <collection>/TextData and FeatureData)")]
@@ -150,6 +152,74 @@ def convert_checkpoint(src: Annotated[Path, typer.Argument(help="authors' checkp
 
     cfg = import_original_checkpoint(src, out)
     console.print(f"wrote {out} ({cfg.data.collection}, {cfg.model.num_registers} registers)")
+
+
+def _index_cmd(checkpoint: Path, data: Path, out: Path, split: str, collection: str | None, feature: str | None,
+               device: str, quiet: bool, adding: bool) -> None:
+    from prvr.data.layout import DatasetLayout
+    from prvr.device import resolve_device
+    from prvr.index.build import build_index
+    from prvr.train.checkpoint import load_config
+
+    if adding and not (out / "manifest.json").exists():
+        raise PrvrError(f"{out}: no index to add to (build it with `prvr index build`)")
+    cfg = load_config(checkpoint)
+    layout = DatasetLayout(data, collection or cfg.data.collection, feature or cfg.data.visual_feature)
+    if not layout.caption_file(split).exists():
+        raise PrvrError(f"{layout.caption_file(split)}: caption file for split {split!r} not found")
+    m = build_index(checkpoint, layout, split, out, resolve_device(device), progress=not quiet)
+    console.print(f"{out}: {m['n_videos']} videos in {len(m['shards'])} shard(s)")
+
+
+IndexOut = Annotated[Path, typer.Option(help="index directory")]
+
+
+@index_app.command("build")
+def index_build(checkpoint: Annotated[Path, typer.Option(help="prvr checkpoint (.safetensors)")],
+                data: Annotated[Path, typer.Option(help="dataset root")], out: IndexOut,
+                split: Annotated[str, typer.Option(help="caption split whose videos are indexed")] = "test",
+                collection: Annotated[str | None, typer.Option(help="default: from the checkpoint")] = None,
+                feature: Feature = None, device: Device = "auto",
+                quiet: Annotated[bool, typer.Option(help="no progress bar")] = False):
+    """Encode every video of a split once and store its tokens (float16, memory-mapped). Re-running resumes."""
+    _index_cmd(checkpoint, data, out, split, collection, feature, device, quiet, adding=False)
+
+
+@index_app.command("add")
+def index_add(checkpoint: Annotated[Path, typer.Option(help="the checkpoint the index was built with")],
+              data: Annotated[Path, typer.Option(help="dataset root")], out: IndexOut,
+              split: Annotated[str, typer.Option(help="caption split whose videos are added")] = "test",
+              collection: Annotated[str | None, typer.Option(help="default: from the checkpoint")] = None,
+              feature: Feature = None, device: Device = "auto",
+              quiet: Annotated[bool, typer.Option(help="no progress bar")] = False):
+    """Append the videos of another split or dataset to an existing index (ids already present are skipped)."""
+    _index_cmd(checkpoint, data, out, split, collection, feature, device, quiet, adding=True)
+
+
+@app.command()
+def search(index: Annotated[Path, typer.Argument(help="index directory")],
+           query_id: Annotated[str, typer.Option("--query-id", help="caption id whose precomputed features are the query")],
+           data: Annotated[Path, typer.Option(help="dataset root holding that caption's features")],
+           top_k: Annotated[int, typer.Option("--top-k", "-k", help="number of results")] = 10,
+           json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+           device: Device = "cpu"):
+    """Rank the indexed videos for a query; each hit shows its best moment."""
+    import json as _json
+
+    from prvr.device import resolve_device
+    from prvr.index.search import Retriever
+
+    hits = Retriever(index, resolve_device(device)).search_query_id(data, query_id, top_k)
+    if json_out:
+        print(_json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    t = Table(title=f"{query_id} in {index}")
+    for col in ("rank", "video", "score", "moment (s)", "best frame (s)"):
+        t.add_column(col)
+    for r, h in enumerate(hits, 1):
+        moment = f"{h.start:.1f}-{h.end:.1f}" if h.start is not None else f"frames {h.frames[0]}-{h.frames[1]}"
+        t.add_row(str(r), h.video_id, f"{h.score:.4f}", moment, "" if h.frame_time is None else f"{h.frame_time:.1f}")
+    console.print(t)
 
 
 @app.command()

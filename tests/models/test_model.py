@@ -40,6 +40,8 @@ def test_stacked_blocks_equal_reference_forward_and_grad():
     scale = torch.cat([scale, torch.ones(A, L, K)], -1)
     ctx = torch.cat([x, ctx_extra], 1)
     out = bank(x, ctx, mask, scale)
+    with torch.no_grad():
+        torch.testing.assert_close(bank(x, ctx, mask, scale), out.detach(), atol=1e-5, rtol=1e-5)
     ref = torch.stack([blk(x, key_mask=mask, context=ctx, logit_scale=scale[a]) for a, blk in enumerate(bank.blocks)])
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     w = torch.randn_like(out)

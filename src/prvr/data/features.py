@@ -54,6 +54,12 @@ class Hdf5Store:
             raise DataError(f"{self.path}: {self.what} {key!r} has shape {arr.shape}, expected (n, dim)")
         return arr.astype(np.float32, copy=False)
 
+    def length(self, key: str) -> int:
+        """Number of rows of `key` without reading them."""
+        if key not in self.file:
+            raise DataError(f"{self.path}: no {self.what} for id {key!r}")
+        return int(self.file[key].shape[0])
+
     def dim(self) -> int:
         for key in self.file:
             return int(self.file[key].shape[-1])
@@ -117,6 +123,11 @@ class BigFileStore:
             raise DataError(f"{self.dir / 'id.txt'}: frame id {e.args[0]!r} of video {video_id!r} not found") from None
         return np.asarray(self.matrix[rows], dtype=np.float32)
 
+    def length(self, video_id: str) -> int:
+        if video_id not in self.video2frames:
+            raise DataError(f"{self.dir / 'video2frames.txt'}: no entry for video {video_id!r}")
+        return len(self.video2frames[video_id])
+
     def dim(self) -> int:
         return self._dim
 
@@ -145,3 +156,19 @@ def convert_bigfile(layout: DatasetLayout, out: Path | None = None, progress: bo
             for vid in tqdm(store.keys(), desc="convert", unit="video", disable=not progress):
                 h5.create_dataset(vid, data=store.get(vid))
     return out
+
+
+def read_video_info(layout: DatasetLayout) -> dict[str, dict]:
+    """Optional {video_id: {"duration": s, "frame_times": [s, ...]}} beside the features ({} when absent)."""
+    import json
+
+    path = layout.video_info_file
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: expected an object {{video_id: {{duration, frame_times}}}}")
+    return info

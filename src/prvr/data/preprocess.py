@@ -18,6 +18,18 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=-1, keepdims=True) + L2_EPS)
 
 
+def cell_bounds(n: int, num_cells: int) -> np.ndarray:
+    """(num_cells + 1,) boundaries b_i = min(round_half_even(i * n / num_cells), n - 1) over n raw frames."""
+    return np.minimum(np.round(np.arange(num_cells + 1) * n / num_cells), n - 1).astype(np.int64)
+
+
+def cell_frames(n: int, num_cells: int, cell: int) -> tuple[int, int]:
+    """Raw frame rows [lo, hi) that cell `cell` averages (a single row when the cell is degenerate)."""
+    b = cell_bounds(n, num_cells)
+    lo, hi = int(b[cell]), int(b[cell + 1])
+    return (lo, hi) if hi > lo else (lo, lo + 1)
+
+
 def average_to_fixed_length(frames: np.ndarray, num_cells: int) -> np.ndarray:
     """Mean-pool (n, D) frames into (num_cells, D) cells with the release's boundary rule.
 
@@ -25,8 +37,7 @@ def average_to_fixed_length(frames: np.ndarray, num_cells: int) -> np.ndarray:
     frames; the very last frame falls out of the last cell). Vectorised with a cumulative sum.
     """
     frames = np.asarray(frames, dtype=np.float32)
-    n = frames.shape[0]
-    bounds = np.minimum(np.round(np.arange(num_cells + 1) * n / num_cells), n - 1).astype(np.int64)
+    bounds = cell_bounds(frames.shape[0], num_cells)
     start, end = bounds[:-1], bounds[1:]
     csum = np.concatenate([np.zeros((1, frames.shape[1]), np.float64), np.cumsum(frames, axis=0, dtype=np.float64)])
     count = end - start

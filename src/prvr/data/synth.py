@@ -138,6 +138,9 @@ def write_synthetic(root: str | Path, preset: str | SynthPreset, seed: int | Non
                     moments[vid] = {"n_frames": n, "events": events}
                 write_text_atomic(layout.caption_file(split), "\n".join(lines) + "\n")
     write_text_atomic(layout.video2frames_file, repr(frame_ids))
+    # one feature per second, stamped at the middle of its second (as `prvr extract` records real videos)
+    write_json_atomic(layout.video_info_file, {vid: {"duration": float(len(f)), "frame_times": [i + 0.5 for i in range(len(f))]}
+                                               for vid, f in frame_ids.items()})
     write_json_atomic(layout.base / "synthetic.json", {"preset": asdict(p), "moments": moments})
     if bigfile:
         write_bigfile(layout)

@@ -58,6 +58,34 @@ class _ReluDrop(torch.autograd.Function):
 def relu_drop(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """relu then (unscaled) dropout, saving a single tensor for backward."""
     if not torch.is_grad_enabled() or not x.requires_grad:
-        y = torch.relu(x)
+        y = x.relu_() if not torch.is_grad_enabled() else torch.relu(x)  # in place when nothing is recorded
         return drop(y, p, training)
     return _ReluDrop.apply(x, p, training)
+
+
+class _StackedLayerNorm(torch.autograd.Function):
+    """y[a] = LN(x[a]) * weight[a] + bias[a] for x (A, M, D); keeps only the normalised input for backward
+    (autograd would keep both the input and the normalised tensor)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float):
+        mean = x.mean(dim=-1, keepdim=True)
+        xc = x - mean
+        rstd = torch.rsqrt(xc.pow(2).mean(dim=-1, keepdim=True) + eps)  # (A, M, 1)
+        xhat = xc.mul_(rstd)
+        ctx.save_for_backward(xhat, rstd, weight)
+        return torch.addcmul(bias[:, None], xhat, weight[:, None])
+
+    @staticmethod
+    def backward(ctx, dy):
+        xhat, rstd, weight = ctx.saved_tensors
+        dw = (dy * xhat).sum(dim=1)
+        db = dy.sum(dim=1)
+        g = dy * weight[:, None]  # (A, M, D)
+        dx = g - g.mean(dim=-1, keepdim=True) - xhat * (g * xhat).mean(dim=-1, keepdim=True)
+        return dx.mul_(rstd), dw, db, None
+
+
+def stacked_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """x (A, M, D), weight/bias (A, D): a separate affine LayerNorm per leading index."""
+    return _StackedLayerNorm.apply(x, weight, bias, eps)

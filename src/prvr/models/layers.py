@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prvr.models.fused import drop, dropout_scale, relu_drop
+from prvr.models.fused import drop, dropout_scale, relu_drop, stacked_layer_norm
 
 MASK_LOGIT = -10000.0  # added to the logits of masked keys, as in the original
 
@@ -147,24 +147,23 @@ class StackedAttentionBlocks(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None,
                 logit_scale: torch.Tensor | None) -> torch.Tensor:
-        """x (B, Lq, D) queries, context (B, Lk, D) whose first Lq rows are x itself (self-attention, extra
-        keys appended), key_mask (B, Lk), logit_scale (A, Lq, Lk) -> (A, B, Lq, D)."""
+        """x (B, Lq, D) queries, context (B, Lk, D) keys/values, key_mask (B, Lk), logit_scale (A, Lq, Lk)
+        -> (A, B, Lq, D)."""
+        if not torch.is_grad_enabled():  # inference: plain per-branch blocks are faster than stacking weights
+            return torch.stack([blk(x, key_mask, context, None if logit_scale is None else logit_scale[a])
+                                for a, blk in enumerate(self.blocks)])
         A, h, p, tr = len(self.blocks), self.n_heads, self.dropout, self.training
         B, Lq, D = x.shape
         Lk = context.shape[1]
         st = self._stack
-        # one GEMM for Q, K, V of all branches over the query rows; K, V only for the appended rows
-        w = torch.cat([st(lambda b, n=n: getattr(b.attn, n).weight) for n in ("query", "key", "value")])  # (3A, D, D)
-        bias = torch.cat([st(lambda b, n=n: getattr(b.attn, n).bias) for n in ("query", "key", "value")])  # (3A, D)
-        qkv = torch.addmm(bias.flatten(), x.reshape(B * Lq, D), w.flatten(0, 1).T)  # (B*Lq, 3A*D)
-        qkv = qkv.view(B, Lq, 3, A, h, D // h)
-        q, k, v = (t.permute(2, 0, 3, 1, 4) for t in qkv.unbind(2))  # (A, B, h, Lq, dh)
-        if Lk > Lq:
-            extra = context[:, Lq:].reshape(-1, D)  # (B*(Lk-Lq), D)
-            kv = torch.addmm(bias[A:].flatten(), extra, w[A:].flatten(0, 1).T).view(B, Lk - Lq, 2, A, h, D // h)
-            k_extra, v_extra = (t.permute(2, 0, 3, 1, 4) for t in kv.unbind(2))
-            k = torch.cat([k, k_extra], dim=3)  # (A, B, h, Lk, dh)
-            v = torch.cat([v, v_extra], dim=3)
+        # one GEMM for Q of all branches over the query rows, one for K, V over the whole context
+        wq, bq = st(lambda b: b.attn.query.weight), st(lambda b: b.attn.query.bias)  # (A, D, D), (A, D)
+        wkv = torch.cat([st(lambda b: b.attn.key.weight), st(lambda b: b.attn.value.weight)])  # (2A, D, D)
+        bkv = torch.cat([st(lambda b: b.attn.key.bias), st(lambda b: b.attn.value.bias)])  # (2A, D)
+        q = torch.addmm(bq.flatten(), x.reshape(B * Lq, D), wq.flatten(0, 1).T)  # (B*Lq, A*D)
+        kv = torch.addmm(bkv.flatten(), context.reshape(B * Lk, D), wkv.flatten(0, 1).T)  # (B*Lk, 2A*D)
+        q = q.view(B, Lq, A, h, D // h).permute(2, 0, 3, 1, 4)  # (A, B, h, Lq, dh)
+        k, v = (t.permute(2, 0, 3, 1, 4) for t in kv.view(B, Lk, 2, A, h, D // h).unbind(2))  # (A, B, h, Lk, dh)
         logits = q @ k.transpose(-1, -2)  # (A, B, h, Lq, Lk)
         if logit_scale is not None:
             logits = logits * (logit_scale[:, None, None] / math.sqrt(D // h))
@@ -175,16 +174,11 @@ class StackedAttentionBlocks(nn.Module):
         attn = drop(logits.softmax(dim=-1), p, tr)
         a = (attn @ v).permute(0, 1, 3, 2, 4).reshape(A, B * Lq, D)  # (A, B*Lq, D)
         y = torch.add(x.reshape(1, B * Lq, D), drop(a, p, tr), alpha=dropout_scale(p, tr) ** 2)
-        y = _stacked_layer_norm(y, st(lambda b: b.norm1.weight), st(lambda b: b.norm1.bias), self.blocks[0].norm1.eps)
+        y = stacked_layer_norm(y, st(lambda b: b.norm1.weight), st(lambda b: b.norm1.bias), self.blocks[0].norm1.eps)
         hdn = torch.baddbmm(st(lambda b: b.ffn.fc1.bias)[:, None], y, st(lambda b: b.ffn.fc1.weight).transpose(1, 2))
         hdn = relu_drop(hdn, p, tr)  # (A, B*Lq, 4D)
-        f = torch.baddbmm(st(lambda b: b.ffn.fc2.bias)[:, None], hdn, st(lambda b: b.ffn.fc2.weight).transpose(1, 2),
-                          alpha=dropout_scale(p, tr))
+        w2 = st(lambda b: b.ffn.fc2.weight) * dropout_scale(p, tr)  # dropout's 1/(1-p) on the small weight
+        f = torch.baddbmm(st(lambda b: b.ffn.fc2.bias)[:, None], hdn, w2.transpose(1, 2))
         y = torch.add(y, drop(f, p, tr), alpha=dropout_scale(p, tr))
-        y = _stacked_layer_norm(y, st(lambda b: b.norm2.weight), st(lambda b: b.norm2.bias), self.blocks[0].norm2.eps)
+        y = stacked_layer_norm(y, st(lambda b: b.norm2.weight), st(lambda b: b.norm2.bias), self.blocks[0].norm2.eps)
         return y.view(A, B, Lq, D)
-
-
-def _stacked_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """x (A, M, D), weight/bias (A, D): a separate affine LayerNorm per leading index."""
-    return F.layer_norm(x, x.shape[-1:], eps=eps) * weight[:, None] + bias[:, None]

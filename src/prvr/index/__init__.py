@@ -1,0 +1,4 @@
+from prvr.index.build import build_index
+from prvr.index.search import Hit, Retriever
+
+__all__ = ["Hit", "Retriever", "build_index"]

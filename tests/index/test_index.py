@@ -1,0 +1,126 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from prvr.data.datasets import SplitIndex
+from prvr.data.layout import DatasetLayout
+from prvr.data.synth import synthetic_info, write_synthetic
+from prvr.eval.evaluator import evaluate
+from prvr.index import store
+from prvr.index.build import build_index
+from prvr.index.search import Retriever
+from prvr.train.checkpoint import load_checkpoint
+from prvr.train.loop import train
+from tests.conftest import tiny_run_config
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "prvr.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("idxdata")
+    write_synthetic(root, "tiny", scale=3.0)
+    cfg = tiny_run_config(root)
+    cfg.train.epochs = 5
+    run = tmp_path_factory.mktemp("idxrun")
+    train(cfg, run, progress=False, log=lambda *_: None)
+    ckpt = run / "best.safetensors"
+    index = tmp_path_factory.mktemp("idx") / "index"
+    build_index(ckpt, DatasetLayout(root, "charades"), "test", index, shard_size=20, progress=False)
+    return root, ckpt, index
+
+
+def test_ranking_equals_eval(trained):
+    root, ckpt, index = trained
+    layout = DatasetLayout(root, "charades")
+    model, _, _ = load_checkpoint(ckpt)
+    ev = evaluate(model, layout, "test", keep_scores=True)
+    r = Retriever(index)
+    assert r.ids == ev.video_ids and len(r.manifest["shards"]) > 1
+    for qi in range(0, len(ev.query_ids), 7):
+        hits = r.search_query_id(root, ev.query_ids[qi], k=len(r))
+        got = np.array([h.score for h in sorted(hits, key=lambda h: ev.video_ids.index(h.video_id))])
+        np.testing.assert_allclose(got, ev.scores[qi], atol=5e-3)  # float16 tokens
+        order = np.argsort(-ev.scores[qi])
+        gaps = -np.diff(ev.scores[qi][order])
+        safe = np.concatenate([[True], gaps > 1e-2])  # positions not within float16 noise of their neighbour
+        top = [ev.video_ids[i] for i in order]
+        for pos, h in enumerate(hits):
+            if safe[pos] and (pos + 1 == len(hits) or safe[pos + 1]):
+                assert h.video_id == top[pos]
+
+
+def test_moments_find_the_planted_events(trained):
+    root, _, index = trained
+    layout = DatasetLayout(root, "charades")
+    events = {e["cap_id"]: (vid, e["frames"]) for vid, m in synthetic_info(layout)["moments"].items()
+              for e in m["events"]}
+    r = Retriever(index)
+    hit_count = overlap = 0
+    for cap_id, (vid, (s, e)) in events.items():
+        if vid not in r.ids:
+            continue
+        top = r.search_query_id(root, cap_id, k=1)[0]
+        if top.video_id != vid:
+            continue
+        hit_count += 1
+        assert top.start is not None and top.end > top.start and top.frame_time is not None
+        overlap += top.start < e and top.end > s  # synthetic frames are one per second
+    assert hit_count >= 5
+    assert overlap / hit_count > 0.6, (overlap, hit_count)
+
+
+def test_killed_build_keeps_previous_index_and_resumes(trained, tmp_path, monkeypatch):
+    root, ckpt, _ = trained
+    layout = DatasetLayout(root, "charades")
+    out = tmp_path / "index"
+    real = store.append_shard
+    calls = []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr("prvr.index.build.append_shard", dying)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(ckpt, layout, "test", out, shard_size=20, progress=False)
+    first = json.loads((out / "manifest.json").read_text())
+    assert first["n_videos"] == 20 and len(Retriever(out)) == 20
+    monkeypatch.setattr("prvr.index.build.append_shard", real)
+    m = build_index(ckpt, layout, "test", out, shard_size=20, progress=False)
+    r = Retriever(out)
+    n_test = len(SplitIndex.from_layout(layout, "test").video_ids)
+    assert m["n_videos"] == len(r) == len(set(r.ids)) == n_test
+    # add another split: ids stay unique
+    r2 = cli("index", "add", "--checkpoint", ckpt, "--data", root, "--out", out, "--split", "val", "--quiet")
+    assert r2.returncode == 0, r2.stderr
+    r = Retriever(out)
+    assert len(r) == len(set(r.ids)) > m["n_videos"]
+
+
+def test_cli_search_and_bad_input(trained, tmp_path):
+    root, _, index = trained
+    qid = DatasetLayout(root, "charades").caption_file("test").read_text().split()[0]
+    ok = cli("search", index, "--query-id", qid, "--data", root, "-k", "3", "--json")
+    assert ok.returncode == 0, ok.stderr
+    hits = json.loads(ok.stdout)
+    assert len(hits) == 3 and {"video_id", "score", "start", "end", "frame_time"} <= set(hits[0])
+    bad_manifest = tmp_path / "bad"
+    bad_manifest.mkdir()
+    (bad_manifest / "manifest.json").write_text("{nope")
+    for args, expect in [
+        (["search", tmp_path / "missing", "--query-id", qid, "--data", root], "not a prvr index"),
+        (["search", bad_manifest, "--query-id", qid, "--data", root], "corrupt manifest"),
+        (["search", index, "--query-id", qid, "--data", root, "-k", "0"], "k=0"),
+        (["search", index, "--query-id", "nosuch#enc#0", "--data", root], "nosuch#enc#0"),
+        (["index", "add", "--checkpoint", "/x.safetensors", "--data", root, "--out", tmp_path / "none"], "no index"),
+    ]:
+        r = cli(*args)
+        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
