@@ -165,7 +165,7 @@ def _index_cmd(checkpoint: Path, data: Path, out: Path, split: str, collection: 
         raise PrvrError(f"{out}: no index to add to (build it with `prvr index build`)")
     cfg = load_config(checkpoint)
     layout = DatasetLayout(data, collection or cfg.data.collection, feature or cfg.data.visual_feature)
-    if not layout.caption_file(split).exists():
+    if split != "all" and not layout.caption_file(split).exists():
         raise PrvrError(f"{layout.caption_file(split)}: caption file for split {split!r} not found")
     m = build_index(checkpoint, layout, split, out, resolve_device(device), progress=not quiet)
     console.print(f"{out}: {m['n_videos']} videos in {len(m['shards'])} shard(s)")
@@ -177,7 +177,7 @@ IndexOut = Annotated[Path, typer.Option(help="index directory")]
 @index_app.command("build")
 def index_build(checkpoint: Annotated[Path, typer.Option(help="prvr checkpoint (.safetensors)")],
                 data: Annotated[Path, typer.Option(help="dataset root")], out: IndexOut,
-                split: Annotated[str, typer.Option(help="caption split whose videos are indexed")] = "test",
+                split: Annotated[str, typer.Option(help="caption split whose videos are indexed, or all")] = "test",
                 collection: Annotated[str | None, typer.Option(help="default: from the checkpoint")] = None,
                 feature: Feature = None, device: Device = "auto",
                 quiet: Annotated[bool, typer.Option(help="no progress bar")] = False):
@@ -198,8 +198,9 @@ def index_add(checkpoint: Annotated[Path, typer.Option(help="the checkpoint the 
 
 @app.command()
 def search(index: Annotated[Path, typer.Argument(help="index directory")],
-           query_id: Annotated[str, typer.Option("--query-id", help="caption id whose precomputed features are the query")],
-           data: Annotated[Path, typer.Option(help="dataset root holding that caption's features")],
+           text: Annotated[str | None, typer.Argument(help="free-text query (needs an index with a text encoder)")] = None,
+           query_id: Annotated[str | None, typer.Option("--query-id", help="search with this caption's precomputed features")] = None,
+           data: Annotated[Path | None, typer.Option(help="dataset root holding that caption's features")] = None,
            top_k: Annotated[int, typer.Option("--top-k", "-k", help="number of results")] = 10,
            json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
            device: Device = "cpu"):
@@ -209,17 +210,45 @@ def search(index: Annotated[Path, typer.Argument(help="index directory")],
     from prvr.device import resolve_device
     from prvr.index.search import Retriever
 
-    hits = Retriever(index, resolve_device(device)).search_query_id(data, query_id, top_k)
+    if (text is None) == (query_id is None):
+        raise PrvrError("give either a free-text query or --query-id (with --data)")
+    if query_id is not None and data is None:
+        raise PrvrError("--query-id needs --data ROOT (the dataset holding its features)")
+    retriever = Retriever(index, resolve_device(device))
+    hits = retriever.search(text, top_k) if text is not None else retriever.search_query_id(data, query_id, top_k)
     if json_out:
         print(_json.dumps([h.to_dict() for h in hits], indent=2))
         return
-    t = Table(title=f"{query_id} in {index}")
+    t = Table(title=f"{text or query_id} in {index}")
     for col in ("rank", "video", "score", "moment (s)", "best frame (s)"):
         t.add_column(col)
     for r, h in enumerate(hits, 1):
         moment = f"{h.start:.1f}-{h.end:.1f}" if h.start is not None else f"frames {h.frames[0]}-{h.frames[1]}"
         t.add_row(str(r), h.video_id, f"{h.score:.4f}", moment, "" if h.frame_time is None else f"{h.frame_time:.1f}")
     console.print(t)
+
+
+@app.command()
+def extract(videos: Annotated[Path, typer.Argument(help="folder of video files")], root: Root,
+            collection: Collection, frame_encoder: Annotated[str, typer.Option(help="hf:DIR, a local vision checkpoint")],
+            text_encoder: Annotated[str | None, typer.Option(help="hf:DIR, a local text checkpoint + tokenizer")] = None,
+            captions: Annotated[Path | None, typer.Option(help="'<video_id> text' or '<video_id>#enc#<n> text' per line")] = None,
+            split: Annotated[str, typer.Option(help="split the captions belong to")] = "test",
+            fps: Annotated[float, typer.Option(help="frames sampled per second")] = 1.0,
+            feature: Feature = None, device: Device = "cpu",
+            quiet: Annotated[bool, typer.Option(help="no progress bar")] = False):
+    """Decode videos (PyAV), encode frames and captions, write the standard layout. Bad files are reported."""
+    from prvr.device import resolve_device
+    from prvr.encode.extract import extract as run_extract
+
+    rep = run_extract(videos, root, collection, frame_encoder, text_encoder, captions, split, fps, feature,
+                      resolve_device(device), progress=not quiet)
+    console.print(f"{rep.layout.base}: {len(rep.videos)} videos, {rep.n_captions} captions")
+    for f in rep.failures:
+        print(f, file=sys.stderr)
+    if rep.failures:
+        print(f"{len(rep.failures)} problem(s); the other videos were extracted", file=sys.stderr)
+        raise typer.Exit(2)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from prvr.data.datasets import EvalVideos, SplitIndex, collate_videos
 from prvr.data.features import read_video_info
 from prvr.data.layout import DatasetLayout
+from prvr.encode.extract import recorded_text_encoder
 from prvr.index.store import IndexError_, append_shard, create_index, read_manifest
 from prvr.train.checkpoint import load_checkpoint
 
@@ -30,12 +31,17 @@ def build_index(checkpoint: Path, layout: DatasetLayout, split: str, out: Path, 
         if manifest["config"]["model"] != cfg.to_dict()["model"]:
             raise IndexError_(f"{out}: indexed with a different model than {checkpoint}")
     else:
-        text_encoder = _text_encoder_of(layout)
+        text_encoder = recorded_text_encoder(layout)
         manifest = create_index(out, checkpoint, cfg.to_dict(), text_encoder)
     done = set()
     for name in manifest["shards"]:
         done.update(json.loads((out / name / "ids.json").read_text()))
-    index = SplitIndex.from_layout(layout, split)
+    if split == "all":  # every video with features, captions or not (e.g. after `prvr extract` without captions)
+        from prvr.data.features import open_video_features
+
+        index = SplitIndex([], open_video_features(layout).keys(), [])
+    else:
+        index = SplitIndex.from_layout(layout, split)
     todo = [i for i, v in enumerate(index.video_ids) if v not in done]
     info = read_video_info(layout)
     dataset = EvalVideos(layout, split, cfg.model.map_size, cfg.model.max_ctx_l, cfg.model.max_desc_l, index=index)
@@ -65,7 +71,3 @@ def _raw_lengths(dataset: EvalVideos, todo: list[int]) -> dict[int, int]:
     return {i: dataset.videos.length(dataset.index.video_ids[i]) for i in todo}
 
 
-def _text_encoder_of(layout: DatasetLayout) -> dict | None:
-    """The text encoder that made the dataset's query features, when `prvr extract`/`synth` recorded it."""
-    path = layout.text_dir / "text_encoder.json"
-    return json.loads(path.read_text()) if path.exists() else None

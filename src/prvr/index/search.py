@@ -35,7 +35,7 @@ class Hit:
 
 
 class Retriever:
-    """Search an index with query token features (`search_tokens`) or a dataset's caption id (`search_query_id`)."""
+    """`Retriever(INDEX).search("text", k)`; `search_tokens(features, k)`; `search_query_id(root, cap_id, k)`."""
 
     def __init__(self, index: str | Path, device: str | torch.device = "cpu"):
         self.path = Path(index)
@@ -45,11 +45,24 @@ class Retriever:
         self.shards: list[Shard] = [load_shard(self.path / n) for n in self.manifest["shards"]]
         self.ids = [v for s in self.shards for v in s.ids]
         self._where = {v: (si, j) for si, s in enumerate(self.shards) for j, v in enumerate(s.ids)}
+        self._text_encoder = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     # ------------------------------------------------------------------ queries
+    def encode_text(self, text: str) -> np.ndarray:
+        """Token features of free text, with the text encoder recorded in the index."""
+        spec = self.manifest.get("text_encoder")
+        if not spec:
+            raise PrvrError(f"{self.path}: the index records no text encoder (its data was not made by `prvr extract "
+                            "--text-encoder`); search it with --query-id")
+        if self._text_encoder is None:
+            from prvr.encode.encoders import load_text_encoder
+
+            self._text_encoder = load_text_encoder(spec, self.device)
+        return self._text_encoder.encode([text])[0]
+
     @torch.no_grad()
     def embed(self, tokens: np.ndarray) -> torch.Tensor:
         """(n_tokens, Dq) raw token features -> normalised query embedding (D,)."""
@@ -91,6 +104,15 @@ class Retriever:
 
     def search_tokens(self, tokens: np.ndarray, k: int = 10) -> list[Hit]:
         return self.search_embedding(self.embed(tokens), k)
+
+    def search(self, text: str, k: int = 10) -> list[Hit]:
+        """Free-text search."""
+        text = text.strip()
+        if not text:
+            raise PrvrError("empty query")
+        if len(text) > 1000:
+            raise PrvrError(f"query of {len(text)} characters, expected at most 1000")
+        return self.search_tokens(self.encode_text(text), k)
 
     def search_query_id(self, data_root: str | Path, query_id: str, k: int = 10) -> list[Hit]:
         """Search with the precomputed token features of caption `query_id` of a dataset in the release layout."""

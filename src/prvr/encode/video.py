@@ -1,0 +1,59 @@
+"""Decode a video file with PyAV at a fixed sampling rate into RGB frames of a given size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prvr.errors import DataError
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"}
+
+
+@dataclass
+class DecodedVideo:
+    frames: np.ndarray  # (n, H, W, 3) uint8
+    times: list[float]  # seconds, presentation time of each sampled frame
+    duration: float
+
+
+def decode(path: str | Path, fps: float = 1.0, size: tuple[int, int] = (224, 224), max_frames: int = 100_000) -> DecodedVideo:
+    """Sample frames every 1/fps seconds (the first frame at or after each tick), resized to size=(W, H)."""
+    import av
+
+    path = Path(path)
+    if fps <= 0:
+        raise DataError(f"fps={fps}: expected a positive rate")
+    frames, times = [], []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            next_tick = 0.0
+            last_time = 0.0
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else last_time + 1.0 / fps
+                last_time = t
+                if t + 1e-6 < next_tick:
+                    continue
+                frames.append(frame.to_ndarray(width=size[0], height=size[1], format="rgb24"))
+                times.append(t)
+                next_tick = (int(t * fps + 1e-6) + 1) / fps
+                if len(frames) >= max_frames:
+                    break
+            duration = float(stream.duration * stream.time_base) if stream.duration else None
+            if duration is None and container.duration:
+                duration = container.duration / 1_000_000
+    except DataError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable video ({e.__class__.__name__}: {e})") from None
+    if not frames:
+        raise DataError(f"{path}: no decodable frames (empty or zero-length video)")
+    if not duration or duration < last_time:
+        duration = last_time + 1.0 / fps
+    return DecodedVideo(np.stack(frames), times, duration)

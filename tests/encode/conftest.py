@@ -1,0 +1,59 @@
+"""Tiny Hugging Face encoders and real small video files, made on the fly (nothing downloaded)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+WORDS = "a the person red blue ball dog runs jumps kitchen opens door someone cooking at stove".split()
+
+
+def write_video(path: Path, seconds: float, fps: int = 10, size=(64, 48), color=(255, 0, 0), codec="mpeg4"):
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(int(seconds * fps)):
+            img = np.zeros((size[1], size[0], 3), np.uint8)
+            img[:] = color
+            img[:, (i * 3) % size[0]] = 255  # a moving bar
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory):
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("encoders")
+    vision = root / "vision"
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                                     image_size=32, patch_size=8)).save_pretrained(vision)
+    text = root / "text"
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]").save_pretrained(text)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=30, max_position_embeddings=64)).save_pretrained(text)
+    return vision, text
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    write_video(d / "red_ball.mp4", 3.0, color=(200, 30, 30))
+    write_video(d / "blue_door.mp4", 5.2, color=(30, 30, 200))
+    write_video(d / "kitchen.avi", 2.0, color=(30, 200, 30))
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "broken.mp4").write_bytes(b"\x00\x01 not a video at all" * 50)
+    (d / "notes.txt").write_text("not a video")
+    return d
