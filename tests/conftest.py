@@ -66,3 +66,6 @@ def tiny_data(tmp_path_factory) -> Path:
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+from tests.media import own_index, tiny_encoders, video_dir  # noqa: E402, F401  (shared media fixtures)

@@ -252,6 +252,20 @@ def extract(videos: Annotated[Path, typer.Argument(help="folder of video files")
 
 
 @app.command()
+def serve(index: Annotated[Path, typer.Argument(help="index directory")],
+          host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="port")] = 8000, device: Device = "cpu"):
+    """HTTP API (GET /search, /videos/{id}, /health; OpenAPI docs at /docs) and a search page at /."""
+    from prvr.device import resolve_device
+    from prvr.index.search import Retriever
+    from prvr.serve.app import serve as run_server
+
+    retriever = Retriever(index, resolve_device(device))  # a missing or corrupt index fails here, in one line
+    console.print(f"serving {index} ({len(retriever)} videos) on http://{host}:{port}/ (API docs at /docs)")
+    run_server(retriever, host, port)
+
+
+@app.command()
 def presets():
     """List the training presets and the synthetic data presets."""
     from prvr.config import preset_names

@@ -8,7 +8,7 @@ import pytest
 WORDS = "a the person red blue ball dog runs jumps kitchen opens door someone cooking at stove".split()
 
 
-def write_video(path: Path, seconds: float, fps: int = 10, size=(64, 48), color=(255, 0, 0), codec="mpeg4"):
+def write_video(path: Path, seconds: float, fps: int = 10, size=(64, 48), color=(255, 0, 0), codec="libx264"):
     import av
 
     with av.open(str(path), "w") as out:
@@ -52,8 +52,32 @@ def video_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("videos")
     write_video(d / "red_ball.mp4", 3.0, color=(200, 30, 30))
     write_video(d / "blue_door.mp4", 5.2, color=(30, 30, 200))
-    write_video(d / "kitchen.avi", 2.0, color=(30, 200, 30))
+    write_video(d / "kitchen.avi", 2.0, color=(30, 200, 30), codec="mpeg4")  # another container and codec
     (d / "empty.mp4").write_bytes(b"")
     (d / "broken.mp4").write_bytes(b"\x00\x01 not a video at all" * 50)
     (d / "notes.txt").write_text("not a video")
     return d
+
+
+@pytest.fixture(scope="session")
+def own_index(video_dir, tiny_encoders, tmp_path_factory):
+    """Videos extracted with the tiny encoders, a (random) model of that feature space, and its index."""
+    from prvr.config import RunConfig
+    from prvr.encode.extract import extract
+    from prvr.index.build import build_index
+    from prvr.models import build_model
+    from prvr.train.checkpoint import save_checkpoint
+
+    vision, text = tiny_encoders
+    root = tmp_path_factory.mktemp("served")
+    extract(video_dir, root, "mine", f"hf:{vision}", f"hf:{text}", fps=2.0, progress=False)
+    cfg = RunConfig()
+    cfg.model.visual_dim, cfg.model.text_dim, cfg.model.hidden_size, cfg.model.num_registers = 32, 24, 32, 2
+    cfg.data.collection = "mine"
+    ckpt = root / "model.safetensors"
+    save_checkpoint(ckpt, build_model(cfg.model), cfg)
+    index = root / "index"
+    from prvr.data.layout import DatasetLayout
+
+    build_index(ckpt, DatasetLayout(root, "mine"), "all", index, progress=False)
+    return index

@@ -1,0 +1,3 @@
+from prvr.serve.app import create_app
+
+__all__ = ["create_app"]
