@@ -37,7 +37,7 @@ def metrics_table(rows: dict[str, dict[str, float]], title: str = "") -> Table:
 
 
 @app.command()
-def synth(root: Root, preset: Annotated[str, typer.Option(help="tiny | charades-small | charades | tvr-small | ...")] = "charades-small",
+def synth(root: Root, preset: Annotated[str, typer.Option(help="tiny | charades-small | charades | tvr-small | everyday | ...")] = "charades-small",
           seed: Annotated[int | None, typer.Option(help="override the preset's seed")] = None,
           bigfile: Annotated[bool, typer.Option(help="also write the BigFile form")] = False,
           scale: Annotated[float, typer.Option(help="multiply the number of videos per split")] = 1.0):
@@ -196,6 +196,16 @@ def index_add(checkpoint: Annotated[Path, typer.Option(help="the checkpoint the 
     _index_cmd(checkpoint, data, out, split, collection, feature, device, quiet, adding=True)
 
 
+@index_app.command("ann")
+def index_ann(index: Annotated[Path, typer.Argument(help="index directory")],
+              nlist: Annotated[int | None, typer.Option(help="inverted lists (default ~4 sqrt(tokens))")] = None):
+    """Build the approximate stage over clip tokens (FAISS) for large collections; search then re-ranks exactly."""
+    from prvr.index.ann import build_ann
+
+    meta = build_ann(index, nlist)
+    console.print(f"{index}: ANN over {meta['n_videos']} videos ({meta['nlist']} lists)")
+
+
 @app.command()
 def search(index: Annotated[Path, typer.Argument(help="index directory")],
            text: Annotated[str | None, typer.Argument(help="free-text query (needs an index with a text encoder)")] = None,
@@ -203,6 +213,7 @@ def search(index: Annotated[Path, typer.Argument(help="index directory")],
            data: Annotated[Path | None, typer.Option(help="dataset root holding that caption's features")] = None,
            top_k: Annotated[int, typer.Option("--top-k", "-k", help="number of results")] = 10,
            json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+           exact: Annotated[bool, typer.Option(help="score every video even when an ANN stage exists")] = False,
            device: Device = "cpu"):
     """Rank the indexed videos for a query; each hit shows its best moment."""
     import json as _json
@@ -215,7 +226,8 @@ def search(index: Annotated[Path, typer.Argument(help="index directory")],
     if query_id is not None and data is None:
         raise PrvrError("--query-id needs --data ROOT (the dataset holding its features)")
     retriever = Retriever(index, resolve_device(device))
-    hits = retriever.search(text, top_k) if text is not None else retriever.search_query_id(data, query_id, top_k)
+    tokens = retriever.encode_text(text) if text is not None else retriever.query_features(data, query_id)
+    hits = retriever.search_tokens(tokens, top_k, exact=exact or None)
     if json_out:
         print(_json.dumps([h.to_dict() for h in hits], indent=2))
         return
@@ -272,7 +284,7 @@ def presets():
     from prvr.data.synth import PRESETS
 
     console.print("training presets: " + ", ".join(preset_names()))
-    console.print("synthetic presets: " + ", ".join(PRESETS))
+    console.print("synthetic presets: " + ", ".join([*PRESETS, "everyday"]))
 
 
 def main() -> None:

@@ -20,7 +20,11 @@ from prvr.train.checkpoint import load_checkpoint
 from prvr.train.loop import train
 
 # The charades preset, narrowed so a CPU demo trains in a couple of minutes. Everything else is the preset.
-DEMO_OVERRIDES = ["model.hidden_size=128", "train.lr=5e-4", "train.epochs=8"]
+DEMO_OVERRIDES = ["model.hidden_size=128", "train.lr=5e-4", "train.epochs=6"]
+# The free-text part: the `everyday` corpus (MiniLM query tokens, 512-d projected frame features).
+EVERYDAY_OVERRIDES = ["data.collection=everyday", "data.visual_feature=projected", "model.visual_dim=512",
+                      "model.text_dim=384", "model.hidden_size=128", "train.lr=5e-4", "train.epochs=8"]
+DEMO_QUERY = "someone cooking at the stove"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,26 +38,60 @@ def main(argv: list[str] | None = None) -> None:
     data_root = args.out / "data"
     layout = DatasetLayout(data_root, "charades")
     if not layout.caption_file("test").exists():
-        console.print("[bold]1/3[/] synthesising charades-small (standard layout, Charades dims 1024/1024)")
+        console.print("[bold]1/5[/] synthesising charades-small (standard layout, Charades dims 1024/1024)")
         write_synthetic(data_root, "charades-small")
     else:
-        console.print(f"[bold]1/3[/] using the synthetic data in {layout.base}")
+        console.print(f"[bold]1/5[/] using the synthetic data in {layout.base}")
     cfg = apply_overrides(load_preset("charades"), DEMO_OVERRIDES + args.overrides + [f"data.root={data_root}"])
-    console.print(f"[bold]2/3[/] training DreamPRVR (charades preset; {', '.join(DEMO_OVERRIDES + args.overrides)})")
+    console.print(f"[bold]2/5[/] training DreamPRVR (charades preset; {', '.join(DEMO_OVERRIDES + args.overrides)})")
     torch.manual_seed(cfg.train.seed)
     untrained = evaluate(build_model(cfg.model).eval(), layout, "test").metrics
     run = args.out / "run"
     train(cfg, run, progress=True, log=console.print)
-    console.print("[bold]3/3[/] evaluating the best checkpoint on the test split")
+    console.print("[bold]3/5[/] evaluating the best checkpoint on the test split")
     model, _, state = load_checkpoint(run / "best.safetensors")
     trained = evaluate(model, layout, "test").metrics
     from prvr.cli import metrics_table
 
     console.print(metrics_table({"untrained": untrained, f"trained (best val epoch {state['epoch']})": trained},
                                 "charades-small, test split"))
-    console.print(f"wall time {time.time() - t0:.0f} s; checkpoint {run / 'best.safetensors'}")
-    console.print(f"evaluate it again with: .venv/bin/prvr eval --checkpoint {run / 'best.safetensors'} "
+    console.print(f"evaluate it again: .venv/bin/prvr eval --checkpoint {run / 'best.safetensors'} "
                   f"--data {data_root} --split test")
+    free_text(args.out, console)
+    console.print(f"[bold]wall time {time.time() - t0:.0f} s[/]")
+
+
+def free_text(out: Path, console: Console) -> None:
+    """Train on the `everyday` corpus, index its test videos, and search them by free text."""
+    import json
+
+    from prvr.data.everyday import write_everyday
+    from prvr.index.build import build_index
+    from prvr.index.search import Retriever
+
+    root = out / "everyday-data"
+    layout = DatasetLayout(root, "everyday", "projected")
+    console.print("[bold]4/5[/] free text: the `everyday` corpus (query tokens from all-MiniLM-L6-v2; frame "
+                  "features are projected sentence embeddings, a stand-in for a text-aligned visual encoder)")
+    if not layout.caption_file("test").exists():
+        write_everyday(root)
+    cfg = apply_overrides(load_preset("charades"), EVERYDAY_OVERRIDES + [f"data.root={root}"])
+    run = out / "everyday-run"
+    train(cfg, run, progress=True, log=console.print)
+    index = out / "everyday-index"
+    build_index(run / "best.safetensors", layout, "test", index, progress=False)
+    console.print(f"[bold]5/5[/] indexed {len(Retriever(index))} test videos in {index}; searching {DEMO_QUERY!r}")
+    planted = {v: m for v, m in json.loads((layout.base / "synthetic.json").read_text())["moments"].items()}
+    from rich.table import Table
+
+    t = Table(title=f"prvr search {index} \"{DEMO_QUERY}\"")
+    for col in ("rank", "video", "score", "moment (s)", "what was planted there"):
+        t.add_column(col)
+    for r, h in enumerate(Retriever(index).search(DEMO_QUERY, k=5), 1):
+        there = [e["activity"] for e in planted[h.video_id] if e["seconds"][0] < h.end and e["seconds"][1] > h.start]
+        t.add_row(str(r), h.video_id, f"{h.score:.3f}", f"{h.start:.0f}-{h.end:.0f}", ", ".join(there) or "(background)")
+    console.print(t)
+    console.print(f"try your own queries in the browser: .venv/bin/prvr serve {index}  (then open http://127.0.0.1:8000/)")
 
 
 if __name__ == "__main__":

@@ -124,3 +124,36 @@ def test_cli_search_and_bad_input(trained, tmp_path):
     ]:
         r = cli(*args)
         assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_two_stage_search_matches_exact(trained, tmp_path):
+    import shutil
+
+    from prvr.index.ann import build_ann
+
+    root, ckpt, index = trained
+    ann_index = tmp_path / "ann-index"
+    shutil.copytree(index, ann_index)
+    r = cli("index", "ann", ann_index, "--nlist", "8")
+    assert r.returncode == 0, r.stderr
+    rt = Retriever(ann_index)
+    assert rt.ann is not None
+    qids = DatasetLayout(root, "charades").caption_file("test").read_text().split()[::9]
+    qids = [q for q in qids if "#enc#" in q][:10]
+    overlap = []
+    for qid in qids:
+        tokens = rt.query_features(root, qid)
+        exact = [h.video_id for h in rt.search_tokens(tokens, 10, exact=True)]
+        approx = rt.search_tokens(tokens, 10, exact=False)
+        overlap.append(len(set(exact) & {h.video_id for h in approx}) / 10)
+        # stage 2 is exact: a candidate's score equals its exact score
+        exact_scores = {h.video_id: h.score for h in rt.search_tokens(tokens, len(rt), exact=True)}
+        for h in approx:
+            assert h.score == pytest.approx(exact_scores[h.video_id], abs=1e-5)
+    assert np.mean(overlap) >= 0.9
+    # after `index add` the ANN no longer covers the index: searches fall back to exact
+    r = cli("index", "add", "--checkpoint", ckpt, "--data", root, "--out", ann_index, "--split", "val", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert Retriever(ann_index).ann is None
+    build_ann(ann_index, nlist=8)
+    assert Retriever(ann_index).ann is not None

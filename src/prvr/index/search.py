@@ -45,6 +45,15 @@ class Retriever:
         self.shards: list[Shard] = [load_shard(self.path / n) for n in self.manifest["shards"]]
         self.ids = [v for s in self.shards for v in s.ids]
         self._where = {v: (si, j) for si, s in enumerate(self.shards) for j, v in enumerate(s.ids)}
+        sizes = [len(s.ids) for s in self.shards]
+        self._shard_of = np.repeat(np.arange(len(sizes)), sizes)  # global video index -> shard
+        self._shard_base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if sizes else np.zeros(0)
+        self.ann = None
+        if (self.path / "ann.faiss").exists():
+            from prvr.index.ann import ClipTokenANN
+
+            ann = ClipTokenANN(self.path)
+            self.ann = ann if ann.covers(self.manifest) else None  # stale after `index add`: exact until rebuilt
         self._text_encoder = None
 
     def __len__(self) -> int:
@@ -53,6 +62,11 @@ class Retriever:
     # ------------------------------------------------------------------ queries
     def encode_text(self, text: str) -> np.ndarray:
         """Token features of free text, with the text encoder recorded in the index."""
+        text = text.strip()
+        if not text:
+            raise PrvrError("empty query")
+        if len(text) > 1000:
+            raise PrvrError(f"query of {len(text)} characters, expected at most 1000")
         spec = self.manifest.get("text_encoder")
         if not spec:
             raise PrvrError(f"{self.path}: the index records no text encoder (its data was not made by `prvr extract "
@@ -75,52 +89,74 @@ class Retriever:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def scores(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised query (D,) -> clip-scale and frame-scale scores over all videos, each (V,)."""
+    def scores(self, q: torch.Tensor, videos: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised query (D,) -> clip-scale and frame-scale scores of all videos (or of the sorted global
+        indices `videos`), each (V,)."""
         clip_s, frame_s = [], []
-        F = self.cfg.model.max_ctx_l
-        for s in self.shards:
-            clip = torch.from_numpy(np.asarray(s.clip, dtype=np.float32)).to(self.device)  # (n, Kc, D)
-            clip_s.append((clip @ q).amax(dim=1))
-            frames = torch.from_numpy(np.asarray(s.frames, dtype=np.float32)).to(self.device)  # (total, D)
-            lengths = torch.from_numpy(np.diff(s.offsets)).to(self.device)
-            owner = torch.repeat_interleave(torch.arange(len(lengths), device=self.device), lengths)
-            fs = torch.full((len(lengths),), float("-inf"), device=self.device)
-            fs = fs.scatter_reduce(0, owner, frames @ q, reduce="amax")
-            # the original's max also runs over zero-padded positions (cosine 0) when a video is short
-            frame_s.append(torch.where(lengths < F, fs.clamp_min(0.0), fs))
+        for si, s in enumerate(self.shards):
+            if videos is None:
+                clip, frames, lengths = s.clip, s.frames, np.diff(s.offsets)
+            else:
+                local = videos[self._shard_of[videos] == si] - self._shard_base[si]
+                if len(local) == 0:
+                    continue
+                clip = s.clip[local]
+                frames = np.concatenate([s.frames[s.offsets[j]:s.offsets[j + 1]] for j in local])
+                lengths = s.offsets[local + 1] - s.offsets[local]
+            c, f = self._score_block(q, clip, frames, lengths)
+            clip_s.append(c)
+            frame_s.append(f)
         return torch.cat(clip_s), torch.cat(frame_s)
 
-    def search_embedding(self, q: torch.Tensor, k: int = 10) -> list[Hit]:
+    def _score_block(self, q: torch.Tensor, clip: np.ndarray, frames: np.ndarray, lengths: np.ndarray):
+        clip = torch.from_numpy(np.array(clip, dtype=np.float16)).to(self.device).float()  # (n, Kc, D)
+        frames = torch.from_numpy(np.array(frames, dtype=np.float16)).to(self.device).float()  # (total, D)
+        lengths = torch.from_numpy(np.asarray(lengths)).to(self.device)
+        owner = torch.repeat_interleave(torch.arange(len(lengths), device=self.device), lengths)
+        fs = torch.full((len(lengths),), float("-inf"), device=self.device).scatter_reduce(
+            0, owner, frames @ q, reduce="amax")
+        # the original's max also runs over zero-padded positions (cosine 0) when a video is short
+        fs = torch.where(lengths < self.cfg.model.max_ctx_l, fs.clamp_min(0.0), fs)
+        return (clip @ q).amax(dim=1), fs
+
+    def search_embedding(self, q: torch.Tensor, k: int = 10, exact: bool | None = None,
+                         candidate_tokens: int = 4096, candidate_videos: int = 1000) -> list[Hit]:
+        """Top-k videos for a normalised query embedding. With an ANN built (`prvr index ann`) and exact not
+        forced, stage 1 takes the best `candidate_videos` among the videos of the `candidate_tokens` nearest
+        clip tokens, stage 2 re-ranks them exactly; otherwise every video is scored."""
         if not 1 <= k <= MAX_K:
             raise PrvrError(f"k={k}: expected 1 <= k <= {MAX_K}")
         if not self.ids:
             return []
-        clip, frame = self.scores(q)
+        videos = None
+        if not exact and self.ann is not None:
+            videos = self.ann.candidates(q.cpu().numpy(), max(candidate_tokens, k), max(candidate_videos, k))
+            if len(videos) < k:
+                videos = None
+        clip, frame = self.scores(q, videos)
         w_c, w_f = self.cfg.model.clip_scale_w, self.cfg.model.frame_scale_w
         total = w_c * clip + w_f * frame
         top = torch.topk(total, min(k, len(total))).indices.tolist()
-        return [self._hit(i, q, float(total[i]), float(clip[i]), float(frame[i])) for i in top]
+        glob = top if videos is None else videos[top].tolist()
+        return [self._hit(g, q, float(total[i]), float(clip[i]), float(frame[i])) for i, g in zip(top, glob, strict=True)]
 
-    def search_tokens(self, tokens: np.ndarray, k: int = 10) -> list[Hit]:
-        return self.search_embedding(self.embed(tokens), k)
+    def search_tokens(self, tokens: np.ndarray, k: int = 10, exact: bool | None = None) -> list[Hit]:
+        return self.search_embedding(self.embed(tokens), k, exact)
 
-    def search(self, text: str, k: int = 10) -> list[Hit]:
+    def search(self, text: str, k: int = 10, exact: bool | None = None) -> list[Hit]:
         """Free-text search."""
-        text = text.strip()
-        if not text:
-            raise PrvrError("empty query")
-        if len(text) > 1000:
-            raise PrvrError(f"query of {len(text)} characters, expected at most 1000")
-        return self.search_tokens(self.encode_text(text), k)
+        return self.search_tokens(self.encode_text(text), k, exact)
 
-    def search_query_id(self, data_root: str | Path, query_id: str, k: int = 10) -> list[Hit]:
-        """Search with the precomputed token features of caption `query_id` of a dataset in the release layout."""
+    def query_features(self, data_root: str | Path, query_id: str) -> np.ndarray:
+        """The precomputed token features of caption `query_id` of a dataset in the release layout."""
         from prvr.data.features import open_query_features
         from prvr.data.layout import DatasetLayout
 
         layout = DatasetLayout(data_root, self.cfg.data.collection, self.cfg.data.visual_feature)
-        return self.search_tokens(open_query_features(layout).get(query_id), k)
+        return open_query_features(layout).get(query_id)
+
+    def search_query_id(self, data_root: str | Path, query_id: str, k: int = 10, exact: bool | None = None) -> list[Hit]:
+        return self.search_tokens(self.query_features(data_root, query_id), k, exact)
 
     # ------------------------------------------------------------------ moments
     def video(self, video_id: str) -> dict:

