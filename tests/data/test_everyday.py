@@ -18,7 +18,7 @@ def test_everyday_corpus_and_free_text_search(tmp_path):
     assert rep.ok, rep.problems
     assert (rep.visual_dim, rep.text_dim) == (512, 384)
     assert json.loads((layout.text_dir / "text_encoder.json").read_text()) == {"kind": "minilm"}
-    assert len(ACTIVITIES) >= 100 and len(set(ACTIVITIES)) == len(ACTIVITIES)
+    assert len(ACTIVITIES) >= 200 and len(set(ACTIVITIES)) == len(ACTIVITIES)
     again = write_everyday(tmp_path / "b", videos=(6, 3, 4))
     assert layout.caption_file("test").read_text() == again.caption_file("test").read_text()
     # query tokens are real MiniLM token features: same words, same vectors

@@ -37,7 +37,38 @@ picking apples from a tree|carrying grocery bags|unpacking groceries|wrapping a 
 blowing out birthday candles|lighting a candle|playing cards at a table|building a puzzle|playing chess
 throwing a ball to a child|pushing a baby stroller|rocking a baby to sleep|reading a story to a child|helping with homework
 packing a suitcase|carrying a box up the stairs|sitting down on a chair|standing up from the couch|lying down on the bed
-waving goodbye at the door|hugging a friend|shaking hands with a visitor|laughing at a joke|clapping hands""".replace("\n", "|")
+waving goodbye at the door|hugging a friend|shaking hands with a visitor|laughing at a joke|clapping hands
+grating cheese over pasta|squeezing oranges for juice|toasting bread|buttering a slice of toast|slicing a loaf of bread
+rinsing rice in a bowl|tasting sauce from a spoon|cracking eggs into a bowl|whisking batter|rolling out pastry
+icing a cake|arranging fruit in a bowl|refilling the salt shaker|grinding coffee beans|making tea with a tea bag
+microwaving leftovers|opening a can of beans|scrubbing a burnt pan|emptying the dishwasher|putting away the dishes
+sorting the recycling|replacing a trash bag|cleaning the bathroom mirror|scrubbing the bathtub|unclogging the sink
+cleaning the toilet|hanging a towel on the rail|refilling the soap dispenser|folding towels|sorting socks
+pairing shoes by the door|polishing shoes|brushing a coat|sewing a torn sleeve|hemming trousers
+tidying the desk|sharpening a pencil|stapling papers together|filing documents in a folder|shredding old letters
+paying bills online|writing in a diary|doing a crossword puzzle|solving a sudoku|studying with flash cards
+highlighting a textbook|taking notes in a notebook|drawing a map|reading a recipe book|looking at old photographs
+framing a photograph|hanging a picture on the wall|rearranging the furniture|moving a sofa|carrying a chair outside
+putting up shelves|measuring a wall with a tape|sanding a wooden plank|screwing in a hinge|oiling a squeaky door
+replacing a battery in the remote|plugging in a phone charger|untangling cables|setting up a printer|cleaning a keyboard
+wiping a computer screen|updating the calendar|setting an alarm clock|winding a wall clock|checking the mailbox
+opening a letter|reading the mail at the table|signing a delivery receipt|carrying a parcel inside|unwrapping a package
+feeding a baby with a bottle|changing a diaper|bathing a toddler|brushing a child's hair|tying a child's shoes
+building a tower of blocks|playing hide and seek|drawing with chalk on the pavement|blowing soap bubbles|flying a kite
+kicking a football in the garden|bouncing a basketball|swinging on a swing|sliding down a slide|riding a scooter
+skipping stones on a pond|fishing from a dock|rowing a small boat|swimming in a pool|diving into the water
+drying off with a beach towel|applying sunscreen|setting up a tent|lighting a campfire|roasting marshmallows
+chopping firewood|stacking logs|shoveling snow from the path|building a snowman|scraping ice off a windshield
+filling the car with fuel|checking the tire pressure|parking a car in the garage|loading bags into a car trunk|buckling a seat belt
+locking a bicycle to a rack|pumping up a bicycle tire|waiting at a bus stop|buying a ticket at a machine|reading a map on the street
+pushing a shopping cart|choosing apples at the market|paying at the checkout|bagging groceries at the counter|returning a library book
+trying on a hat in a shop|looking at a shop window|ordering food at a counter|eating noodles with chopsticks|sharing a pizza with friends
+toasting with glasses of juice|pouring milk into cereal|stirring sugar into coffee|cutting a birthday cake|serving salad onto plates
+trimming a hedge|pruning roses|watering the lawn with a hose|weeding a vegetable patch|harvesting tomatoes
+feeding chickens in the yard|collecting eggs from a coop|brushing a horse|walking a horse on a lead|petting a rabbit
+bathing a dog in the tub|throwing a stick for a dog|cleaning a bird cage|filling a water bowl for the cat|picking up the cat
+meditating on a cushion|doing a headstand|practicing tai chi in the park|stretching after a run|tying a yoga mat
+taking a nap on the sofa|yawning and stretching in bed|turning off the alarm|opening the bedroom curtains|looking out of the window""".replace("\n", "|")
 ACTIVITIES = [a.strip() for a in ACTIVITIES.split("|") if a.strip()]
 SUBJECTS = ["someone", "a person", "a man", "a woman", "a young girl", "a boy", "an old man", "a teenager"]
 SCENES = ["an empty room", "a quiet hallway", "a person standing still", "a kitchen with nobody in it",
