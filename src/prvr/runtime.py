@@ -27,7 +27,7 @@ def tune_allocator() -> bool:
         return False
     try:
         libc = ctypes.CDLL(name)
-        ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**30 * 64) == 1
+        ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1  # a C int: larger values wrap
     except (OSError, AttributeError):
         return False
     _done = ok

@@ -3,8 +3,10 @@ streamed shard by shard. Each hit carries its best moment (the best clip cell's 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,6 +18,21 @@ from prvr.index.store import IndexError_, Shard, load_shard, read_manifest
 from prvr.train.checkpoint import load_checkpoint
 
 MAX_K = 1000
+SCORE_CHUNK = 8192  # token rows converted to float32 at a time
+
+
+class Scores(NamedTuple):
+    clip: torch.Tensor  # (V,) max cosine over clip tokens
+    frame: torch.Tensor  # (V,) max cosine over frame tokens
+    cell: torch.Tensor  # (V,) argmax clip cell
+    best_frame: torch.Tensor  # (V,) argmax frame token (row within the video)
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A read-only memory map as a tensor, without a copy (nothing writes to it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
 
 
 @dataclass
@@ -89,35 +106,53 @@ class Retriever:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def scores(self, q: torch.Tensor, videos: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised query (D,) -> clip-scale and frame-scale scores of all videos (or of the sorted global
-        indices `videos`), each (V,)."""
-        clip_s, frame_s = [], []
+    def scores(self, q: torch.Tensor, videos: np.ndarray | None = None) -> Scores:
+        """Normalised query (D,) -> clip-scale and frame-scale scores, with their best cell and frame, of all
+        videos (or of the sorted global indices `videos`)."""
+        parts = []
         for si, s in enumerate(self.shards):
-            if videos is None:
-                clip, frames, lengths = s.clip, s.frames, np.diff(s.offsets)
-            else:
-                local = videos[self._shard_of[videos] == si] - self._shard_base[si]
-                if len(local) == 0:
-                    continue
-                clip = s.clip[local]
-                frames = np.concatenate([s.frames[s.offsets[j]:s.offsets[j + 1]] for j in local])
-                lengths = s.offsets[local + 1] - s.offsets[local]
-            c, f = self._score_block(q, clip, frames, lengths)
-            clip_s.append(c)
-            frame_s.append(f)
-        return torch.cat(clip_s), torch.cat(frame_s)
+            local = None if videos is None else videos[self._shard_of[videos] == si] - self._shard_base[si]
+            if local is None or len(local):
+                parts.append(self._score_shard(q, s, local))
+        return Scores(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
-    def _score_block(self, q: torch.Tensor, clip: np.ndarray, frames: np.ndarray, lengths: np.ndarray):
-        clip = torch.from_numpy(np.array(clip, dtype=np.float16)).to(self.device).float()  # (n, Kc, D)
-        frames = torch.from_numpy(np.array(frames, dtype=np.float16)).to(self.device).float()  # (total, D)
+    def _token_sims(self, tokens: torch.Tensor, rows: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
+        """q · tokens[rows] (all rows when None) for f16 tokens (N, D), converted to f32 chunk by chunk so the
+        working set stays in cache and memory stays bounded."""
+        n = len(tokens) if rows is None else len(rows)
+        out = torch.empty(n, device=self.device)
+        for a in range(0, n, SCORE_CHUNK):
+            block = tokens[a:a + SCORE_CHUNK] if rows is None else tokens.index_select(0, rows[a:a + SCORE_CHUNK])
+            torch.mv(block.to(self.device).float(), q, out=out[a:a + SCORE_CHUNK])
+        return out
+
+    def _score_shard(self, q: torch.Tensor, s: Shard, local: np.ndarray | None) -> Scores:
+        n_all, Kc, D = s.clip.shape
+        offsets = s.offsets if local is None else None
+        if local is None:
+            clip_rows = frame_rows = None
+            lengths = np.diff(s.offsets)
+        else:
+            clip_rows = torch.from_numpy((local[:, None] * Kc + np.arange(Kc)).reshape(-1))
+            starts, lengths = s.offsets[local], s.offsets[local + 1] - s.offsets[local]
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            frame_rows = torch.from_numpy(np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1]))
+        clip = self._token_sims(_tensor(s.clip).view(n_all * Kc, D), clip_rows, q).view(-1, Kc)  # (n, Kc)
+        clip_score, cell = clip.max(dim=1)
+        sims = self._token_sims(_tensor(s.frames), frame_rows, q)  # (total_frames,)
         lengths = torch.from_numpy(np.asarray(lengths)).to(self.device)
-        owner = torch.repeat_interleave(torch.arange(len(lengths), device=self.device), lengths)
-        fs = torch.full((len(lengths),), float("-inf"), device=self.device).scatter_reduce(
-            0, owner, frames @ q, reduce="amax")
+        n = len(lengths)
+        owner = torch.repeat_interleave(torch.arange(n, device=self.device), lengths)
+        frame_score = torch.full((n,), float("-inf"), device=self.device).scatter_reduce(0, owner, sims, reduce="amax")
+        # best frame: the first row of each video that reaches its maximum
+        row_in_video = torch.arange(len(sims), device=self.device) - torch.from_numpy(offsets[:-1]).to(self.device)[owner]
+        at_max = sims == frame_score[owner]
+        frame = torch.full((n,), len(sims), device=self.device).scatter_reduce(
+            0, owner[at_max], row_in_video[at_max], reduce="amin")
+        frame = torch.where(lengths > 0, frame, 0)
         # the original's max also runs over zero-padded positions (cosine 0) when a video is short
-        fs = torch.where(lengths < self.cfg.model.max_ctx_l, fs.clamp_min(0.0), fs)
-        return (clip @ q).amax(dim=1), fs
+        frame_score = torch.where(lengths < self.cfg.model.max_ctx_l, frame_score.clamp_min(0.0), frame_score)
+        return Scores(clip_score, frame_score, cell, frame)
 
     def search_embedding(self, q: torch.Tensor, k: int = 10, exact: bool | None = None,
                          candidate_tokens: int = 4096, candidate_videos: int = 1000) -> list[Hit]:
@@ -133,12 +168,14 @@ class Retriever:
             videos = self.ann.candidates(q.cpu().numpy(), max(candidate_tokens, k), max(candidate_videos, k))
             if len(videos) < k:
                 videos = None
-        clip, frame = self.scores(q, videos)
+        sc = self.scores(q, videos)
         w_c, w_f = self.cfg.model.clip_scale_w, self.cfg.model.frame_scale_w
-        total = w_c * clip + w_f * frame
-        top = torch.topk(total, min(k, len(total))).indices.tolist()
-        glob = top if videos is None else videos[top].tolist()
-        return [self._hit(g, q, float(total[i]), float(clip[i]), float(frame[i])) for i, g in zip(top, glob, strict=True)]
+        total = w_c * sc.clip + w_f * sc.frame
+        top = torch.topk(total, min(k, len(total))).indices
+        glob = top.tolist() if videos is None else videos[top.cpu().numpy()].tolist()
+        rows = zip(glob, total[top].tolist(), sc.clip[top].tolist(), sc.frame[top].tolist(), sc.cell[top].tolist(),
+                   sc.best_frame[top].tolist(), strict=True)
+        return [self._hit(*row) for row in rows]
 
     def search_tokens(self, tokens: np.ndarray, k: int = 10, exact: bool | None = None) -> list[Hit]:
         return self.search_embedding(self.embed(tokens), k, exact)
@@ -165,15 +202,11 @@ class Retriever:
         si, j = self._where[video_id]
         return {"video_id": video_id, **self.shards[si].meta[j]}
 
-    def _hit(self, i: int, q: torch.Tensor, score: float, clip_score: float, frame_score: float) -> Hit:
+    def _hit(self, i: int, score: float, clip_score: float, frame_score: float, cell: int, best: int) -> Hit:
         vid = self.ids[i]
         si, j = self._where[vid]
-        s = self.shards[si]
-        meta = s.meta[j]
+        meta = self.shards[si].meta[j]
         n = int(meta.get("n_raw_frames", 0))
-        cell = int(torch.from_numpy(np.asarray(s.clip[j], dtype=np.float32)).to(q.device).matmul(q).argmax())
-        frames = torch.from_numpy(np.asarray(s.frames[s.offsets[j]:s.offsets[j + 1]], dtype=np.float32)).to(q.device)
-        best = int((frames @ q).argmax()) if len(frames) else 0
         Kc, F = self.cfg.model.map_size, self.cfg.model.max_ctx_l
         lo, hi = cell_frames(n, Kc, cell) if n else (cell, cell + 1)
         f_lo, f_hi = (best, best + 1) if n <= F else cell_frames(n, F, best)
