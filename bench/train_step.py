@@ -44,6 +44,7 @@ def main() -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     model = build_model(cfg.model, device).train()
+    model.set_recompute(cfg.train.recompute_videos)
     opt = BertAdam(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, warmup=0.01, t_total=1000)
     criterion = DreamPRVRLoss(cfg.loss)
     batch = random_batch(cfg.model, args.batch_videos, captions_per_video=(1, 4)).to(device)

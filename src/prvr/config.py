@@ -71,6 +71,7 @@ class TrainConfig:
     num_workers: int = 0
     single_query_pass: bool = False  # the original encodes queries twice per step
     grad_clip: float = 1.0
+    recompute_videos: int = 16  # > 0: recompute branch activations in backward, so many videos at a time; 0: keep all
 
 
 @dataclass

@@ -157,3 +157,28 @@ def test_textual_structure_ablation(structure, present):
     clip, frames, fmask, text, tmask, labels = batch(cfg=cfg)
     _, terms = DreamPRVRLoss(LossConfig(textual_structure=structure))(model(clip, frames, fmask, text, tmask, labels), labels)
     assert {"query_diversity", "query_similarity_preservation"} & set(terms) == present
+
+
+@pytest.mark.parametrize("training,chunk", [(True, 8), (False, 2)])
+def test_recompute_keeps_loss_and_gradients(training, chunk):
+    """Activation checkpointing of the branch banks changes memory, not results: in training with one chunk the
+    dropout masks are replayed exactly; without dropout, chunking over videos changes nothing either."""
+    cfg = tiny_model_config()
+    model = build_model(cfg).train(training)
+    criterion = DreamPRVRLoss(LossConfig())
+    inputs = batch(cfg=cfg)
+
+    def run(n):
+        model.set_recompute(n)
+        torch.manual_seed(3)
+        loss, _ = criterion(model(*inputs), inputs[-1])
+        model.zero_grad()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    loss0, g0 = run(0)
+    loss1, g1 = run(chunk)
+    torch.testing.assert_close(loss1, loss0, atol=1e-6, rtol=1e-6)
+    assert len(g0) == len(g1)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -61,6 +61,7 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
     tc, mc = cfg.train, cfg.model
     seed_everything(tc.seed)
     model = build_model(mc, device)
+    model.set_recompute(tc.recompute_videos)
     dataset = TrainVideos(layout, "train", mc.map_size, mc.max_ctx_l, mc.max_desc_l)
     steps_per_epoch = -(-len(dataset) // tc.batch_videos)
     optimizer = BertAdam(param_groups(model, tc.weight_decay), lr=tc.lr, warmup=tc.lr_warmup_proportion,

@@ -82,6 +82,11 @@ class DreamPRVR(nn.Module):
         self.frame_branch = RegisterGaussianAttention(D, cfg.max_ctx_l, **branch)
         self.reset_parameters()
 
+    def set_recompute(self, videos: int) -> None:
+        """Trade compute for memory in training: recompute the branch banks' activations in the backward pass,
+        `videos` videos at a time (0: keep them, the default). Results are unchanged."""
+        self.clip_branch.recompute_videos = self.frame_branch.recompute_videos = max(0, int(videos))
+
     # ---------------------------------------------------------------- init
     def reset_parameters(self) -> None:
         """Linear/Embedding N(0, 0.02), biases 0, LayerNorm 1/0; the GRU keeps xavier/orthogonal/zero;

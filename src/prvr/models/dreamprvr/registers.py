@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from prvr.models.layers import AttentionBlock, Projection, StackedAttentionBlocks, gaussian_kernel
 
@@ -63,6 +64,7 @@ class RegisterGaussianAttention(nn.Module):
         super().__init__()
         self.length = length
         self.use_registers = use_registers
+        self.recompute_videos = 0  # > 0: keep no branch activations, recompute them in backward, so many videos at a time
         if use_registers:
             self.register_proj = Projection(dim, dim, dropout)
         self.branches = StackedAttentionBlocks(attention_num, dim, n_heads, dropout)
@@ -86,5 +88,16 @@ class RegisterGaussianAttention(nn.Module):
             scale = torch.cat([scale, scale.new_ones(scale.shape[0], L, K)], dim=-1)  # (A, L, L+K)
             if key_mask is not None:
                 mask = torch.cat([key_mask, key_mask.new_ones(B, K)], dim=1)  # (B, L+K)
+        n = self.recompute_videos
+        if not n or not torch.is_grad_enabled():
+            return self._attend(tokens, context, mask, scale, key_mask)
+        # activation checkpointing over chunks of videos: backward recomputes one chunk at a time (same dropout
+        # masks: the RNG state is replayed), so the branch activations never exist for the whole batch
+        return torch.cat([
+            checkpoint(self._attend, tokens[i:i + n], context[i:i + n], None if mask is None else mask[i:i + n],
+                       scale, None if key_mask is None else key_mask[i:i + n], use_reentrant=False)
+            for i in range(0, len(tokens), n)])
+
+    def _attend(self, tokens, context, mask, scale, key_mask) -> torch.Tensor:
         outputs = self.branches(tokens, context, mask, scale)  # (A, B, L, D)
         return self.fusion(outputs, key_mask)
