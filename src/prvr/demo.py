@@ -23,7 +23,8 @@ from prvr.train.loop import train
 DEMO_OVERRIDES = ["model.hidden_size=128", "train.lr=5e-4", "train.epochs=6"]
 # The free-text part: the `everyday` corpus (MiniLM query tokens, 512-d projected frame features).
 EVERYDAY_OVERRIDES = ["data.collection=everyday", "data.visual_feature=projected", "model.visual_dim=512",
-                      "model.text_dim=384", "model.hidden_size=128", "train.lr=5e-4", "train.epochs=8"]
+                      "model.text_dim=384", "model.hidden_size=128", "train.lr=5e-4", "train.epochs=8",
+                      "train.batch_videos=32"]
 DEMO_QUERY = "someone cooking at the stove"
 
 

@@ -70,12 +70,13 @@ bathing a dog in the tub|throwing a stick for a dog|cleaning a bird cage|filling
 meditating on a cushion|doing a headstand|practicing tai chi in the park|stretching after a run|tying a yoga mat
 taking a nap on the sofa|yawning and stretching in bed|turning off the alarm|opening the bedroom curtains|looking out of the window""".replace("\n", "|")
 ACTIVITIES = [a.strip() for a in ACTIVITIES.split("|") if a.strip()]
+VIDEOS = (300, 100, 150)  # train, val, test: ~300 test events, so the test split holds every activity
 SUBJECTS = ["someone", "a person", "a man", "a woman", "a young girl", "a boy", "an old man", "a teenager"]
 SCENES = ["an empty room", "a quiet hallway", "a person standing still", "a kitchen with nobody in it",
           "a living room at night", "a garden in the afternoon", "a person sitting and waiting", "a blank wall"]
 
 
-def write_everyday(root: str | Path, videos: tuple[int, int, int] = (300, 100, 100), visual_dim: int = 512,
+def write_everyday(root: str | Path, videos: tuple[int, int, int] = VIDEOS, visual_dim: int = 512,
                    seed: int = 0, noise: float = 1.0, frames: tuple[int, int] = (20, 120)) -> DatasetLayout:
     from prvr.encode.encoders import load_text_encoder
 
@@ -98,7 +99,7 @@ def write_everyday(root: str | Path, videos: tuple[int, int, int] = (300, 100, 1
     with atomic_path(layout.feature_hdf5) as vtmp, h5py.File(vtmp, "w") as vh5:
         counter = 0
         for split, n_videos in zip(("train", "val", "test"), videos, strict=True):
-            lines = []
+            lines, pool = [], []  # activities are dealt from shuffled decks: each split covers them evenly
             for _ in range(n_videos):
                 vid = f"day{counter:05d}"
                 counter += 1
@@ -109,7 +110,9 @@ def write_everyday(root: str | Path, videos: tuple[int, int, int] = (300, 100, 1
                 events = []
                 for k in range(n_events):
                     s, e = int(cuts[2 * k]), int(cuts[2 * k + 1])
-                    a = int(rng.integers(len(ACTIVITIES)))
+                    if not pool:
+                        pool = rng.permutation(len(ACTIVITIES)).tolist()
+                    a = pool.pop()
                     feats[s:e] += act_v[a]
                     cap_id = f"{vid}#enc#{k}"
                     text = f"{SUBJECTS[rng.integers(len(SUBJECTS))]} {ACTIVITIES[a]}"

@@ -81,9 +81,9 @@ def write_synthetic(root: str | Path, preset: str | SynthPreset, seed: int | Non
     `scale` multiplies the number of videos per split (at least 2 each); `bigfile=True` also writes the BigFile form.
     """
     if preset == "everyday":  # real language through a real text encoder (see prvr.data.everyday)
-        from prvr.data.everyday import write_everyday
+        from prvr.data.everyday import VIDEOS, write_everyday
 
-        videos = tuple(max(2, round(n * scale)) for n in (300, 100, 100))
+        videos = tuple(max(2, round(n * scale)) for n in VIDEOS)
         return write_everyday(root, videos=videos, seed=0 if seed is None else seed)
     if isinstance(preset, str):
         if preset not in PRESETS:
