@@ -87,7 +87,8 @@ def train(preset: Annotated[str | None, typer.Option(help="activitynet | charade
           epochs: Annotated[int | None, typer.Option(help="shortcut for --set train.epochs=N")] = None,
           seed: Annotated[int | None, typer.Option(help="shortcut for --set train.seed=N")] = None,
           resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
-          device: Device = "auto", quiet: Annotated[bool, typer.Option(help="no progress bars")] = False):
+          device: Device = "auto", quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+          amp: Annotated[bool, typer.Option(help="shortcut for --set train.amp=true (bf16 autocast)")] = False):
     """Train a model with the original optimisation; best/last checkpoints and metrics.jsonl in --out."""
     from prvr.config import load_yaml, resolve
     from prvr.device import resolve_device
@@ -100,7 +101,9 @@ def train(preset: Annotated[str | None, typer.Option(help="activitynet | charade
         overrides.append(f"train.seed={seed}")
     if data is not None:
         overrides.append(f"data.root={data}")
-    if resume and (out / "config.yaml").exists() and not (preset or config or set_):
+    if amp:
+        overrides.append("train.amp=true")
+    if resume and (out / "config.yaml").exists() and not (preset or config or set_ or amp):
         cfg = load_yaml(out / "config.yaml")  # the run's own resolved config
     else:
         cfg = resolve(preset, str(config) if config else None, overrides)
@@ -118,7 +121,8 @@ def evaluate_cmd(checkpoint: Annotated[Path, typer.Option(help="prvr checkpoint 
                  feature: Feature = None,
                  save_scores: Annotated[Path | None, typer.Option(help="write the (queries x videos) matrix (.npy)")] = None,
                  json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics as JSON")] = None,
-                 device: Device = "auto", quiet: Annotated[bool, typer.Option(help="no progress bars")] = False):
+                 device: Device = "auto", quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+                 amp: Annotated[bool, typer.Option(help="encode under bf16 autocast (faster, not bit-faithful)")] = False):
     """Evaluate a checkpoint on a split: R@1/5/10/100 and SumR, the original protocol."""
     from prvr.data.layout import DatasetLayout
     from prvr.device import resolve_device
@@ -133,7 +137,7 @@ def evaluate_cmd(checkpoint: Annotated[Path, typer.Option(help="prvr checkpoint 
     if not layout.caption_file(split).exists():
         raise PrvrError(f"{layout.caption_file(split)}: caption file for split {split!r} not found")
     res = evaluate(model, layout, split, cfg.train.eval_context_bsz, cfg.train.eval_query_bsz, dev,
-                   keep_scores=save_scores is not None, progress=not quiet)
+                   keep_scores=save_scores is not None, progress=not quiet, amp=amp)
     console.print(metrics_table({f"{layout.collection} {split}": res.metrics},
                                 f"{len(res.query_ids)} queries x {len(res.video_ids)} videos"))
     if save_scores is not None:

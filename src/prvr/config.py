@@ -71,6 +71,7 @@ class TrainConfig:
     num_workers: int = 0
     single_query_pass: bool = False  # the original encodes queries twice per step
     grad_clip: float = 1.0
+    amp: bool = False  # bf16 autocast for training steps and their validation (opt-in; fp32 is the faithful default)
     recompute_videos: int = 16  # > 0: recompute branch activations in backward, so many videos at a time; 0: keep all
 
 

@@ -82,8 +82,9 @@ def test_cli_train_eval_and_scores(tiny_data, tmp_path):
     run = tmp_path / "run"
     r = cli("train", "--preset", "charades", "--data", tiny_data, "--out", run, "--epochs", "1", "--quiet",
             "--set", "model.visual_dim=48", "--set", "model.text_dim=40", "--set", "model.hidden_size=32",
-            "--set", "train.batch_videos=16", "--device", "cpu")
+            "--set", "train.batch_videos=16", "--device", "cpu", "--amp")
     assert r.returncode == 0, r.stderr
+    assert "amp: true" in (run / "config.yaml").read_text()
     scores, metrics = tmp_path / "s.npy", tmp_path / "m.json"
     r = cli("eval", "--checkpoint", run / "best.safetensors", "--data", tiny_data, "--split", "test",
             "--save-scores", scores, "--json", metrics, "--quiet")
@@ -146,3 +147,22 @@ def test_convert_refuses_pickled_code(tmp_path):
     r = cli("convert-checkpoint", bad, tmp_path / "out.safetensors")
     assert r.returncode == 2 and "pwned" not in r.stdout
     assert r.stderr.count("\n") == 1 and "evil.ckpt" in r.stderr
+
+
+def test_bf16_autocast_training_and_eval(tiny_data, tmp_path):
+    """--amp: bf16 autocast in training and evaluation runs end to end and stays close to fp32."""
+    cfg = tiny_run_config(tiny_data)
+    cfg.train.epochs, cfg.train.amp = 2, True
+    train(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["train"]["loss"]) for r in recs)
+    model, saved, _ = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert saved.train.amp and all(p.dtype == torch.float32 for p in model.parameters())
+    layout = DatasetLayout(tiny_data, "charades")
+    full = evaluate(model, layout, "test", keep_scores=True)
+    half = evaluate(model, layout, "test", keep_scores=True, amp=True)
+    assert half.scores.dtype == np.float32
+    np.testing.assert_allclose(half.scores, full.scores, atol=0.03)
+    assert not np.array_equal(half.scores, full.scores)  # it really ran in bf16
+    r = cli("eval", "--checkpoint", tmp_path / "run" / "best.safetensors", "--data", tiny_data, "--amp", "--quiet")
+    assert r.returncode == 0 and "SumR" in r.stdout, r.stderr

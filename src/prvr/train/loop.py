@@ -91,9 +91,10 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
         bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
         for batch in bar:
             b = batch.to(device)
-            out = model(b.clip, b.frames, b.frame_mask, b.text, b.text_mask, b.labels,
-                        second_query_pass=not tc.single_query_pass)
-            loss, terms = criterion(out, b.labels, hard_negative=hard)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=tc.amp):
+                out = model(b.clip, b.frames, b.frame_mask, b.text, b.text_mask, b.labels,
+                            second_query_pass=not tc.single_query_pass)
+                loss, terms = criterion(out, b.labels, hard_negative=hard)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -103,7 +104,7 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         train_terms = {k: v / len(loader) for k, v in sums.items()}
         val = evaluate(model, layout, val_split, tc.eval_context_bsz, tc.eval_query_bsz, device,
-                       num_workers=tc.num_workers).metrics
+                       num_workers=tc.num_workers, amp=tc.amp).metrics
         improved = val["SumR"] > state["best_sumr"]
         state["epoch"] = epoch
         if improved:
