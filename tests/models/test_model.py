@@ -182,3 +182,29 @@ def test_recompute_keeps_loss_and_gradients(training, chunk):
     assert len(g0) == len(g1)
     for a, b in zip(g0, g1, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_single_query_attention_equals_plain_form():
+    """The fusion's one-row cross-attention folds the K/V projections into the query; same values and grads."""
+    import math
+
+    from prvr.models.layers import MultiHeadAttention
+
+    torch.manual_seed(0)
+    B, L, D, h = 3, 10, 32, 4
+    mha = MultiHeadAttention(D, h, dropout=0.0)
+    for p in mha.parameters():
+        torch.nn.init.normal_(p, 0, 0.3)
+    x, ctx = torch.randn(B, 1, D, requires_grad=True), torch.randn(B, L, D, requires_grad=True)
+    mask = (torch.rand(B, L) > 0.3).float()
+    mask[:, 0] = 1
+    out = mha(x, ctx, mask)
+    q, k, v = (m(t).view(B, -1, h, D // h).transpose(1, 2) for m, t in ((mha.query, x), (mha.key, ctx), (mha.value, ctx)))
+    logits = q @ k.transpose(-1, -2) / math.sqrt(D // h) + (1 - mask[:, None, None]) * -10000.0
+    ref = (logits.softmax(-1) @ v).transpose(1, 2).reshape(B, 1, D)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn_like(out)
+    params = [x, ctx, *mha.parameters()]
+    for a, b in zip(torch.autograd.grad((out * w).sum(), params), torch.autograd.grad((ref * w).sum(), params),
+                    strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

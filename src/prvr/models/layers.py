@@ -61,6 +61,8 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None,
                 logit_scale: torch.Tensor | None = None) -> torch.Tensor:
+        if x.shape[-2] == 1 and logit_scale is None:
+            return self._single_query(x, context, key_mask)
         q = _heads(self.query(x), self.n_heads)  # (B, h, Lq, dh)
         k = _heads(self.key(context), self.n_heads)  # (B, h, Lk, dh)
         v = _heads(self.value(context), self.n_heads)
@@ -71,6 +73,26 @@ class MultiHeadAttention(nn.Module):
             logits = logits + _additive_mask(key_mask)
         attn = self.drop(logits.softmax(dim=-1))
         return _merge_heads(attn @ v)  # (B, Lq, D)
+
+    def _single_query(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """One query row (the fusion's weight token): fold the key and value projections into the query side
+        instead of projecting every context row. Per head, q·(W_k c + b_k) = (W_k^T q)·c + q·b_k (the last term is
+        the same for every key; kept so b_k gets its gradient, zero up to rounding, as in the plain form) and
+        Σ α (W_v c + b_v) = W_v (Σ α c) + b_v Σ α. Equal up to rounding; (Lk·D²) becomes (h·Lk·D)."""
+        B, _, D = x.shape
+        h = self.n_heads
+        dh = D // h
+        q = self.query(x).view(B, h, dh)  # (B, h, dh)
+        qk = torch.einsum("bhe,hed->bhd", q, self.key.weight.view(h, dh, D))  # (B, h, D)
+        qb = (q * self.key.bias.view(h, dh)).sum(dim=-1, keepdim=True)  # (B, h, 1)
+        logits = (qk @ context.transpose(1, 2) + qb) / math.sqrt(dh)  # (B, h, Lk)
+        if key_mask is not None:
+            logits = logits + _additive_mask(key_mask)[:, 0]
+        attn = self.drop(logits.softmax(dim=-1))  # (B, h, Lk), the same dropout draws as (B, h, 1, Lk)
+        pooled = attn @ context  # (B, h, D)
+        out = torch.einsum("bhd,hed->bhe", pooled, self.value.weight.view(h, dh, D))  # (B, h, dh)
+        out = out + self.value.bias.view(h, dh) * attn.sum(dim=-1, keepdim=True)
+        return out.reshape(B, 1, D)
 
 
 class FeedForward(nn.Module):
