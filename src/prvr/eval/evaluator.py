@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -56,8 +57,9 @@ def rank_queries(model, queries: torch.Tensor, videos: VideoTokens, gt: torch.Te
                  keep_scores: bool = False) -> tuple[torch.Tensor, np.ndarray | None]:
     """Score queries against all videos in chunks of queries; ranks (N,) and optionally the full matrix."""
     ranks, kept = [], []
+    videos, queries = model.normalized(videos), F.normalize(queries, dim=-1)  # once, not per chunk
     for start in range(0, queries.shape[0], chunk):
-        s = model.score(queries[start:start + chunk], videos)  # (chunk, V)
+        s = model.score(queries[start:start + chunk], videos, normalize=False)  # (chunk, V)
         ranks.append(ranks_from_scores(s, gt[start:start + chunk]))
         if keep_scores:
             kept.append(s.float().cpu().numpy())

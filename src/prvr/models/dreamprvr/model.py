@@ -176,14 +176,19 @@ class DreamPRVR(nn.Module):
         return self._encode_tokens(clip_tokens, frames, frame_mask, registers)
 
     # ---------------------------------------------------------------- scores
+    @staticmethod
+    def normalized(videos: VideoTokens) -> VideoTokens:
+        return VideoTokens(F.normalize(videos.clip, dim=-1), F.normalize(videos.frame, dim=-1), videos.frame_mask)
+
     def scale_scores(self, query: torch.Tensor, videos: VideoTokens, normalize: bool = True):
         """(clip-scale, frame-scale) max-similarity scores, each (N, B). The frame max runs over all
         max_ctx_l positions, padded ones included (cosine 0 there), as the original does."""
         return max_similarity(query, videos.clip, normalize), max_similarity(query, videos.frame, normalize)
 
-    def score(self, query: torch.Tensor, videos: VideoTokens) -> torch.Tensor:
-        """Retrieval score w_c * clip + w_f * frame, (N, B)."""
-        clip, frame = self.scale_scores(query, videos)
+    def score(self, query: torch.Tensor, videos: VideoTokens, normalize: bool = True) -> torch.Tensor:
+        """Retrieval score w_c * clip + w_f * frame, (N, B). `normalize=False`: query and tokens are already
+        L2-normalised (see `normalized`), e.g. when scoring many query chunks against the same videos."""
+        clip, frame = self.scale_scores(query, videos, normalize)
         return self.cfg.clip_scale_w * clip + self.cfg.frame_scale_w * frame
 
     # ---------------------------------------------------------------- training
