@@ -19,7 +19,7 @@ from common import peak_rss_mb, write_result  # noqa: E402
 from prvr.config import apply_overrides, load_preset  # noqa: E402
 from prvr.data.datasets import Batch, pad_sequences  # noqa: E402
 from prvr.data.preprocess import clip_grid, frame_sequence, query_tokens  # noqa: E402
-from prvr.device import resolve_device  # noqa: E402
+from prvr.device import bf16_autocast, resolve_device  # noqa: E402
 from prvr.eval.evaluator import rank_queries  # noqa: E402
 from prvr.eval.metrics import recalls  # noqa: E402
 from prvr.models import build_model  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> None:
     vb, qb = cfg.train.eval_context_bsz, cfg.train.eval_query_bsz
 
     t0 = time.perf_counter()
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+    with torch.no_grad(), bf16_autocast(device, args.amp):
         parts = []
         for s in range(0, len(videos), vb):
             chunk = videos[s:s + vb]

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_mb, random_batch, write_result  # noqa: E402
 
 from prvr.config import apply_overrides, load_preset  # noqa: E402
-from prvr.device import resolve_device  # noqa: E402
+from prvr.device import bf16_autocast, resolve_device  # noqa: E402
 from prvr.losses import DreamPRVRLoss  # noqa: E402
 from prvr.models import build_model  # noqa: E402
 from prvr.runtime import tune_allocator  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> None:
     batch = random_batch(cfg.model, args.batch_videos, captions_per_video=(1, 4)).to(device)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        with bf16_autocast(device, args.amp):
             out = model(batch.clip, batch.frames, batch.frame_mask, batch.text, batch.text_mask, batch.labels)
             loss, _ = criterion(out, batch.labels)
         opt.zero_grad(set_to_none=True)

@@ -1,4 +1,4 @@
-"""Device selection: `auto` picks cuda, then mps, then cpu."""
+"""Device selection (`auto` picks cuda, then mps, then cpu) and the opt-in mixed precision."""
 
 from __future__ import annotations
 
@@ -21,3 +21,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PrvrError(f"--device {name}: CUDA is not available on this machine")
     return dev
+
+
+def bf16_autocast(device: torch.device | str, enabled: bool) -> torch.autocast:
+    """The project's mixed precision (`--amp`): bf16 autocast on the device's type; a no-op when not enabled."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)

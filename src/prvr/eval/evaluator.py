@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from prvr.data.datasets import EvalQueries, EvalVideos, SplitIndex, collate_queries, collate_videos
 from prvr.data.layout import DatasetLayout
+from prvr.device import bf16_autocast
 from prvr.eval.metrics import ranks_from_scores, recalls
 from prvr.models.dreamprvr.model import VideoTokens
 
@@ -77,7 +78,7 @@ def evaluate(model, layout: DatasetLayout, split: str, batch_videos: int = 100, 
     was_training = model.training
     model.eval()
     try:
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+        with bf16_autocast(device, amp):
             videos = encode_videos(model, EvalVideos(layout, split, **kw), batch_videos, device, num_workers, progress)
             queries = encode_queries(model, EvalQueries(layout, split, **kw), batch_queries, device, num_workers,
                                      progress)

@@ -128,19 +128,16 @@ class Retriever:
 
     def _score_shard(self, q: torch.Tensor, s: Shard, local: np.ndarray | None) -> Scores:
         n_all, Kc, D = s.clip.shape
-        offsets = s.offsets if local is None else None
-        if local is None:
-            clip_rows = frame_rows = None
-            lengths = np.diff(s.offsets)
-        else:
-            clip_rows = torch.from_numpy((local[:, None] * Kc + np.arange(Kc)).reshape(-1))
+        offsets, clip_rows, frame_rows = s.offsets, None, None  # offsets: frame rows of the scored videos
+        if local is not None:
             starts, lengths = s.offsets[local], s.offsets[local + 1] - s.offsets[local]
             offsets = np.concatenate([[0], np.cumsum(lengths)])
+            clip_rows = torch.from_numpy((local[:, None] * Kc + np.arange(Kc)).reshape(-1))
             frame_rows = torch.from_numpy(np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1]))
         clip = self._token_sims(_tensor(s.clip).view(n_all * Kc, D), clip_rows, q).view(-1, Kc)  # (n, Kc)
         clip_score, cell = clip.max(dim=1)
         sims = self._token_sims(_tensor(s.frames), frame_rows, q)  # (total_frames,)
-        lengths = torch.from_numpy(np.asarray(lengths)).to(self.device)
+        lengths = torch.from_numpy(np.diff(offsets)).to(self.device)
         n = len(lengths)
         owner = torch.repeat_interleave(torch.arange(n, device=self.device), lengths)
         frame_score = torch.full((n,), float("-inf"), device=self.device).scatter_reduce(0, owner, sims, reduce="amax")

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from prvr.config import RunConfig
 from prvr.data.datasets import TrainVideos, collate_train
 from prvr.data.layout import DatasetLayout
+from prvr.device import bf16_autocast
 from prvr.errors import PrvrError
 from prvr.eval.evaluator import evaluate
 from prvr.io import write_text_atomic
@@ -91,7 +92,7 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
         bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
         for batch in bar:
             b = batch.to(device)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=tc.amp):
+            with bf16_autocast(device, tc.amp):
                 out = model(b.clip, b.frames, b.frame_mask, b.text, b.text_mask, b.labels,
                             second_query_pass=not tc.single_query_pass)
                 loss, terms = criterion(out, b.labels, hard_negative=hard)

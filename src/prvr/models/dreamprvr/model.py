@@ -84,7 +84,8 @@ class DreamPRVR(nn.Module):
 
     def set_recompute(self, videos: int) -> None:
         """Trade compute for memory in training: recompute the branch banks' activations in the backward pass,
-        `videos` videos at a time (0: keep them, the default). Results are unchanged."""
+        `videos` videos at a time (0: keep them; a freshly built model keeps them, training sets
+        `train.recompute_videos`). Results are unchanged."""
         self.clip_branch.recompute_videos = self.frame_branch.recompute_videos = max(0, int(videos))
 
     # ---------------------------------------------------------------- init
