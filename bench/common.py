@@ -34,11 +34,11 @@ def random_batch(cfg, n_videos: int, captions_per_video: tuple[int, int] = (1, 4
 
     rng = np.random.default_rng(seed)
     items = []
-    for v in range(n_videos):
+    for _ in range(n_videos):
         raw = rng.standard_normal((int(rng.integers(frames[0], frames[1] + 1)), cfg.visual_dim)).astype("float32")
         qs = [query_tokens(rng.standard_normal((int(rng.integers(tokens[0], tokens[1] + 1)), cfg.text_dim)).astype("float32"))
               for _ in range(int(rng.integers(captions_per_video[0], captions_per_video[1] + 1)))]
-        items.append((clip_grid(raw), frame_sequence(raw), qs, v, list(range(len(qs)))))
+        items.append((clip_grid(raw), frame_sequence(raw), qs))
     return collate_train(items)
 
 

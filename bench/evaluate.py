@@ -16,14 +16,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_mb, write_result  # noqa: E402
 
-from prvr.config import apply_overrides, load_preset  # noqa: E402
+from prvr.config import parse_set  # noqa: E402
 from prvr.data.datasets import Batch, pad_sequences  # noqa: E402
 from prvr.data.preprocess import clip_grid, frame_sequence, query_tokens  # noqa: E402
 from prvr.device import bf16_autocast, resolve_device  # noqa: E402
 from prvr.eval.evaluator import rank_queries  # noqa: E402
 from prvr.eval.metrics import recalls  # noqa: E402
 from prvr.models import build_model  # noqa: E402
-from prvr.models.dreamprvr.model import VideoTokens  # noqa: E402
+from prvr.models.base import QueryRepr, VideoRepr  # noqa: E402
+from prvr.models.presets import resolve  # noqa: E402
 from prvr.runtime import tune_allocator  # noqa: E402
 
 
@@ -43,6 +44,7 @@ def make_inputs(cfg, n_videos, n_queries, seed=0):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="charades")
+    ap.add_argument("--model", default="dreamprvr")
     ap.add_argument("--videos", type=int, default=1334)
     ap.add_argument("--queries", type=int, default=3720)
     ap.add_argument("--device", default="cpu")
@@ -51,7 +53,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     tune_allocator()
-    cfg = apply_overrides(load_preset(args.preset), args.overrides)
+    cfg = resolve(args.model, args.preset, overrides=[parse_set(o) for o in args.overrides])
     device = resolve_device(args.device)
     torch.manual_seed(0)
     model = build_model(cfg.model, device).eval()
@@ -65,21 +67,21 @@ def main() -> None:
             chunk = videos[s:s + vb]
             frames, mask = pad_sequences([f for _, f in chunk])
             b = Batch(clip=torch.from_numpy(np.stack([c for c, _ in chunk])), frames=frames, frame_mask=mask).to(device)
-            parts.append(model.encode_videos(b.clip, b.frames, b.frame_mask))
-        vt = VideoTokens(*(torch.cat([getattr(p, f) for p in parts]).float() for f in ("clip", "frame", "frame_mask")))
+            parts.append(model.encode_videos(b))
+        vt = VideoRepr.cat(parts).map(lambda t: t.float())
         t_videos = time.perf_counter() - t0
         qs = []
         for s in range(0, len(queries), qb):
             text, tmask = pad_sequences(queries[s:s + qb])
-            qs.append(model.encode_queries(text.to(device), tmask.to(device)).float())
-        q = torch.cat(qs)
+            qs.append(model.encode_queries(Batch(text=text, text_mask=tmask).to(device)))
+        q = QueryRepr.cat(qs).map(lambda t: t.float())
         t_queries = time.perf_counter() - t0 - t_videos
         ranks, _ = rank_queries(model, q, vt, labels.to(device))
         metrics = recalls(ranks)
     if device.type == "cuda":
         torch.cuda.synchronize()
     total = time.perf_counter() - t0
-    result = {"preset": args.preset, "videos": args.videos, "queries": args.queries, "device": str(device),
+    result = {"model": args.model, "preset": args.preset, "videos": args.videos, "queries": args.queries, "device": str(device),
               "amp": args.amp, "eval_total_s": round(total, 3), "encode_videos_s": round(t_videos, 3),
               "encode_queries_s": round(t_queries, 3), "score_and_rank_s": round(total - t_videos - t_queries, 3),
               "SumR_random_model": round(metrics["SumR"], 2), "peak_rss_mb": round(peak_rss_mb(), 1)}

@@ -19,13 +19,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_mb, write_result  # noqa: E402
 
-from prvr.config import load_preset  # noqa: E402
 from prvr.index.ann import build_ann  # noqa: E402
 from prvr.index.search import Retriever  # noqa: E402
 from prvr.index.store import append_shard, create_index, read_manifest  # noqa: E402
 from prvr.models import build_model  # noqa: E402
+from prvr.models.base import QueryRepr  # noqa: E402
+from prvr.models.checkpoint import save_checkpoint  # noqa: E402
+from prvr.models.presets import load_preset  # noqa: E402
 from prvr.runtime import tune_allocator  # noqa: E402
-from prvr.train.checkpoint import save_checkpoint  # noqa: E402
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -78,13 +79,15 @@ def main() -> None:
             shutil.rmtree(index)
         t0 = time.perf_counter()
         ckpt = work / "model.safetensors"
-        save_checkpoint(ckpt, build_model(cfg.model), cfg)
-        manifest = create_index(index, ckpt, cfg.to_dict(), None)
+        model = build_model(cfg.model)
+        save_checkpoint(ckpt, model, cfg)
+        manifest = create_index(index, ckpt, cfg.to_dict(), model.token_layouts(), model.score_weights(), True, None)
         for start in range(0, args.videos, args.shard):
             n = min(args.shard, args.videos - start)
             clip, frames, _ = synth_shard(rng, centroids, n)
             meta = [{"n_raw_frames": 64, "duration": 64.0} for _ in range(n)]
-            manifest = append_shard(index, manifest, [f"v{start + i:07d}" for i in range(n)], clip, frames, meta)
+            manifest = append_shard(index, manifest, [f"v{start + i:07d}" for i in range(n)],
+                                    {"clip": list(clip), "frame": frames}, meta)
         t_build = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         build_ann(index)
@@ -96,21 +99,21 @@ def main() -> None:
     qrng = np.random.default_rng(1)
     queries = unit(centroids[qrng.integers(len(centroids), size=args.queries)]
                    + 0.8 * unit(qrng.standard_normal((args.queries, D))).astype(np.float32))
-    qs = [torch.from_numpy(q.astype(np.float32)) for q in queries]
-    r.search_embedding(qs[0], 100, exact=False, candidate_tokens=args.candidate_tokens,
+    qs = [QueryRepr.single(torch.from_numpy(q.astype(np.float32))[None], ("clip", "frame")).normalize() for q in queries]
+    r.search_repr(qs[0], 100, exact=False, candidate_tokens=args.candidate_tokens,
                                candidate_videos=args.candidate_videos)  # warm-up
     lat = []
     for q in qs:
         t = time.perf_counter()
-        r.search_embedding(q, 100, exact=False, candidate_tokens=args.candidate_tokens,
+        r.search_repr(q, 100, exact=False, candidate_tokens=args.candidate_tokens,
                                candidate_videos=args.candidate_videos)
         lat.append((time.perf_counter() - t) * 1000)
     recall, t_exact = [], []
     for q in qs[:args.recall_queries]:
         t = time.perf_counter()
-        exact = {h.video_id for h in r.search_embedding(q, 100, exact=True)}
+        exact = {h.video_id for h in r.search_repr(q, 100, exact=True)}
         t_exact.append(time.perf_counter() - t)
-        approx = {h.video_id for h in r.search_embedding(q, 100, exact=False, candidate_tokens=args.candidate_tokens,
+        approx = {h.video_id for h in r.search_repr(q, 100, exact=False, candidate_tokens=args.candidate_tokens,
                                candidate_videos=args.candidate_videos)}
         recall.append(len(exact & approx) / 100)
     result = {"videos": args.videos, "queries": args.queries, "candidate_tokens": args.candidate_tokens,

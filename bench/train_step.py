@@ -17,10 +17,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_mb, random_batch, write_result  # noqa: E402
 
-from prvr.config import apply_overrides, load_preset  # noqa: E402
+from prvr.config import parse_set  # noqa: E402
 from prvr.device import bf16_autocast, resolve_device  # noqa: E402
-from prvr.losses import DreamPRVRLoss  # noqa: E402
-from prvr.models import build_model  # noqa: E402
+from prvr.models import build_loss, build_model  # noqa: E402
+from prvr.models.base import TrainStep  # noqa: E402
+from prvr.models.presets import resolve  # noqa: E402
 from prvr.runtime import tune_allocator  # noqa: E402
 from prvr.train.optim import BertAdam, param_groups  # noqa: E402
 
@@ -28,6 +29,7 @@ from prvr.train.optim import BertAdam, param_groups  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="charades")
+    ap.add_argument("--model", default="dreamprvr")
     ap.add_argument("--batch-videos", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
@@ -40,19 +42,18 @@ def main() -> None:
     if not args.no_malloc_tuning:
         tune_allocator()
 
-    cfg = apply_overrides(load_preset(args.preset), args.overrides)
+    cfg = resolve(args.model, args.preset, overrides=[parse_set(o) for o in args.overrides])
     device = resolve_device(args.device)
     torch.manual_seed(0)
     model = build_model(cfg.model, device).train()
     model.set_recompute(cfg.train.recompute_videos)
     opt = BertAdam(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, warmup=0.01, t_total=1000)
-    criterion = DreamPRVRLoss(cfg.loss)
+    criterion = build_loss(cfg.loss, cfg.model)
     batch = random_batch(cfg.model, args.batch_videos, captions_per_video=(1, 4)).to(device)
 
     def step():
         with bf16_autocast(device, args.amp):
-            out = model(batch.clip, batch.frames, batch.frame_mask, batch.text, batch.text_mask, batch.labels)
-            loss, _ = criterion(out, batch.labels)
+            loss, _ = criterion(model.forward_train(batch), batch.labels, TrainStep())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -72,7 +73,7 @@ def main() -> None:
         else:
             step()
         times.append(time.perf_counter() - t0)
-    result = {"preset": args.preset, "overrides": args.overrides, "malloc_tuning": not args.no_malloc_tuning, "batch_videos": args.batch_videos, "n_queries": int(batch.labels.numel()),
+    result = {"model": args.model, "preset": args.preset, "overrides": args.overrides, "malloc_tuning": not args.no_malloc_tuning, "batch_videos": args.batch_videos, "n_queries": int(batch.labels.numel()),
               "device": str(device), "amp": args.amp, "train_step_s": [round(t, 3) for t in times],
               "train_step_s_median": round(statistics.median(times), 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
     if device.type == "cuda":

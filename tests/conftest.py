@@ -5,22 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from prvr.config import ModelConfig, RunConfig, load_preset
+from prvr.config import RunConfig
+from prvr.models.dreamprvr import DreamPRVRConfig
+from prvr.models.presets import load_preset
 
-GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
-
-
-def _golden_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("PRVR_GOLDEN", GOLDEN_DIR))
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"  # reference tensors of the authors' code (see its README)
 
 
 @pytest.fixture(scope="session")
 def golden():
-    path = _golden_dir() / "small-seed0.npz"
+    path = GOLDEN_DIR / "small-seed0.npz"
     if not path.exists():
-        pytest.fail(f"golden tensors not found at {path} (set PRVR_GOLDEN)")
+        pytest.fail(f"golden tensors not found at {path}")
     z = np.load(path)
     return {k: z[k] for k in z.files}, json.loads(bytes(z["meta"]))
 
@@ -28,14 +24,14 @@ def golden():
 @pytest.fixture(scope="session")
 def golden_meta():
     def load(name: str) -> dict:
-        z = np.load(_golden_dir() / f"{name}-seed0.npz")
+        z = np.load(GOLDEN_DIR / f"{name}-seed0.npz")
         return json.loads(bytes(z["meta"]))
 
     return load
 
 
-def tiny_model_config(**kw) -> ModelConfig:
-    cfg = ModelConfig(visual_dim=48, text_dim=40, hidden_size=32, n_heads=4, num_registers=3, timesteps=4,
+def tiny_model_config(**kw) -> DreamPRVRConfig:
+    cfg = DreamPRVRConfig(visual_dim=48, text_dim=40, hidden_size=32, n_heads=4, num_registers=3, timesteps=4,
                       input_drop=0.1, drop=0.1)
     for k, v in kw.items():
         setattr(cfg, k, v)
@@ -55,7 +51,7 @@ def tiny_run_config(root: Path, **model_kw) -> RunConfig:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """The `tiny` synthetic dataset (48-d frames, 40-d tokens), written once per session."""
-    from prvr.data.synth import write_synthetic
+    from prvr.synth.synthetic import write_synthetic
 
     root = tmp_path_factory.mktemp("tiny")
     write_synthetic(root, "tiny", bigfile=True)

@@ -62,16 +62,16 @@ def video_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def own_index(video_dir, tiny_encoders, tmp_path_factory):
     """Videos extracted with the tiny encoders, a (random) model of that feature space, and its index."""
-    from prvr.config import RunConfig
     from prvr.encode.extract import extract
     from prvr.index.build import build_index
     from prvr.models import build_model
-    from prvr.train.checkpoint import save_checkpoint
+    from prvr.models.checkpoint import save_checkpoint
+    from prvr.models.presets import default_config
 
     vision, text = tiny_encoders
     root = tmp_path_factory.mktemp("served")
     extract(video_dir, root, "mine", f"hf:{vision}", f"hf:{text}", fps=2.0, progress=False)
-    cfg = RunConfig()
+    cfg = default_config()
     cfg.model.visual_dim, cfg.model.text_dim, cfg.model.hidden_size, cfg.model.num_registers = 32, 24, 32, 2
     cfg.data.collection = "mine"
     ckpt = root / "model.safetensors"

@@ -41,11 +41,12 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_yaml_config_and_overrides(tmp_path):
-    from prvr.config import resolve
+    from prvr.config import parse_set
+    from prvr.models.presets import resolve
 
     y = tmp_path / "c.yaml"
     y.write_text("model: {hidden_size: 96}\ntrain: {lr: 1.0e-3, epochs: 3}\n")
-    cfg = resolve("tvr", str(y), ["train.epochs=5", "loss.textual_structure=none"])
+    cfg = resolve(None, "tvr", y, [parse_set("train.epochs=5"), parse_set("loss.textual_structure=none")])
     assert (cfg.model.hidden_size, cfg.train.lr, cfg.train.epochs) == (96, 1e-3, 5)
     assert cfg.model.visual_dim == 3072 and cfg.loss.textual_structure == "none"
     y.write_text("model: {nosuch: 1}\n")

@@ -1,82 +1,209 @@
-"""Typed configs. Presets (activitynet, charades, tvr, ...) are YAML files shipped in `prvr/presets/`.
+"""Typed configs: dataclass sections, YAML files and `section.key=value` overrides, checked by type and range.
 
-A run config = model + loss + train + data. Every field can be overridden from YAML or `section.key=value`.
+A run config is four sections: `model` (the registered model's own config class), `loss` (its loss config),
+`train` and `data` (shared by every model). Which model and loss classes exist is the registry's business
+(`prvr.models.presets` assembles run configs); this module holds the machinery and the shared sections.
+
+Values are converted by the field's declared type, never by guessing from the text: a string field keeps the
+text it was given (`--set data.root=/data/run: 2` stays that string), numbers and booleans are parsed as YAML
+scalars, NaN/Inf are refused, and declared ranges (`field(..., ge=0)`) are checked with the range in the message.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
-from importlib import resources
+import math
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Union
 
 import yaml
 
-from prvr.errors import PrvrError
+from prvr.errors import ConfigError
+
+
+def field(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, ge: float | None = None,
+          gt: float | None = None, le: float | None = None, lt: float | None = None,
+          choices: tuple | None = None) -> Any:
+    """A dataclass field with an allowed range (`ge`/`gt`/`le`/`lt`) or set of `choices`, checked on every set."""
+    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices).items() if v is not None}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class Raw(str):
+    """Text typed by a user (`--set key=value`): converted by the target field's type."""
+
+
+# --------------------------------------------------------------------------------------------- conversion
+_NULLS = {"null", "~", "none", "None"}
+
+
+def _is_optional(hint) -> tuple[bool, Any]:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return True, args[0]
+    return False, hint
+
+
+def _scalar(value: Raw) -> Any:
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return str(value)
+
+
+def _convert(hint, value: Any, what: str) -> Any:
+    optional, hint = _is_optional(hint)
+    if value is None or (optional and isinstance(value, Raw) and value in _NULLS):
+        if optional:
+            return None
+        raise ConfigError(f"{what}: expected {_name(hint)}, got null")
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        if isinstance(value, Raw):
+            value = _scalar(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{what}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return [_convert(item, v, f"{what}[{i}]") for i, v in enumerate(value)]
+    if hint is str:
+        if isinstance(value, str):
+            return str(value)
+        raise ConfigError(f"{what}: expected a string, got {value!r}")
+    if isinstance(value, Raw):
+        value = _scalar(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{what}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{what}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{what}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{what}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{what}: expected a finite number, got {value!r}")
+        return float(value)
+    return value
+
+
+def _name(hint) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _check_range(f: dataclasses.Field, value: Any, what: str) -> None:
+    m = f.metadata
+    if not m or value is None:
+        return
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if "choices" in m and v not in m["choices"]:
+            raise ConfigError(f"{what}: expected one of {', '.join(map(str, m['choices']))}, got {v!r}")
+        bounds = [(">=", m.get("ge"), lambda a, b: a >= b), (">", m.get("gt"), lambda a, b: a > b),
+                  ("<=", m.get("le"), lambda a, b: a <= b), ("<", m.get("lt"), lambda a, b: a < b)]
+        for op, bound, ok in bounds:
+            if bound is not None and not ok(v, bound):
+                raise ConfigError(f"{what}: expected a value {op} {bound}, got {v!r}")
+
+
+def set_field(section: Any, key: str, value: Any, where: str) -> None:
+    """Convert `value` by the declared type of `section.key`, check its range, and set it."""
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    f = fields.get(key)
+    what = f"{where}: {section.section}.{key}"
+    if f is None:
+        raise ConfigError(f"{where}: unknown config key {section.section}.{key} (known: {', '.join(fields)})")
+    hint = typing.get_type_hints(type(section))[key]
+    value = _convert(hint, value, what)
+    _check_range(f, value, what)
+    setattr(section, key, value)
+
+
+def apply_mapping(section: Any, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: section {section.section!r} must be a mapping, got {type(values).__name__}")
+    for k, v in values.items():
+        set_field(section, str(k), v, where)
+    return section
+
+
+def check_section(section: Any, where: str) -> None:
+    """Re-check every field's range (after direct attribute assignment)."""
+    for f in dataclasses.fields(section):
+        _check_range(f, getattr(section, f.name), f"{where}: {section.section}.{f.name}")
+
+
+# --------------------------------------------------------------------------------------------- sections
+class Section:
+    section: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, where: str) -> None:
+        """Constraints between fields (ranges of single fields are declared with `field`)."""
 
 
 @dataclass
-class ModelConfig:
-    name: str = "dreamprvr"
-    visual_dim: int = 1024  # Dv, raw visual feature size
-    text_dim: int = 1024  # Dq, raw token feature size
-    hidden_size: int = 384  # D
-    n_heads: int = 4
-    input_drop: float = 0.25
-    drop: float = 0.25
-    map_size: int = 32  # Kc clip cells
-    max_ctx_l: int = 128  # max frame tokens
-    max_desc_l: int = 30  # max query tokens
-    clip_pos_len: int = 128  # rows of the clip position table (the original allocates 128, uses 32)
-    attention_num: int = 8  # 1 plain + (attention_num - 1) Gaussian branches, widths 2^-2 ...
-    sft_factor: float = 0.6  # fusion softmax temperature
-    num_registers: int = 6  # K
-    timesteps: int = 10  # T
-    num_diffusion_layers: int = 2
-    initializer_range: float = 0.02
-    clip_scale_w: float = 0.6
-    frame_scale_w: float = 0.4
-    perturbation_scale: float = 0.1  # textual perturbation sampler
-    # ablations of the paper (all True/faithful by default)
-    use_registers: bool = True
-    use_diffusion: bool = True  # False: registers = the condition C, no denoising loop
-    video_centric_init: bool = True  # False: start from N(0, I) (zeros at inference), fresh noise in training
-    sinusoidal_time_embedding: bool = False  # True: keep the sinusoidal table (the original overwrites it)
+class ModelConfig(Section):
+    """What every model's config has: the input sizes the data pipeline needs. Models subclass it."""
+
+    section: ClassVar[str] = "model"
+    name: ClassVar[str] = ""  # the registered model name, set by each subclass
+
+    visual_dim: int = field(1024, ge=1)  # Dv, raw visual feature size
+    text_dim: int = field(1024, ge=1)  # Dq, raw token feature size
+    map_size: int = field(32, ge=1)  # Kc clip cells of the clip grid
+    max_ctx_l: int = field(128, ge=1)  # max frame tokens
+    max_desc_l: int = field(30, ge=1)  # max query tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self)}
 
 
 @dataclass
-class LossConfig:
-    # [clip NCE, frame NCE, query diversity, query similarity preservation, KL, diffusion]
-    loss_factor: list[float] = field(default_factory=lambda: [0.02, 0.04, 0.003, 0.002, 1e-4, 1e-3])
-    neg_factor: list[float] = field(default_factory=lambda: [0.2, 32.0, 1.0])  # margin, alpha, lambda
-    deterministic_tau: float = 0.01
-    margin: float = 0.2
-    hard_pool_size: int = 20
-    textual_structure: str = "both"  # both | qdl | qsp | none  (ablation "w/o textual structure learning")
+class LossConfig(Section):
+    """Base of every model's loss config."""
+
+    section: ClassVar[str] = "loss"
 
 
 @dataclass
-class TrainConfig:
-    lr: float = 2e-4
-    lr_warmup_proportion: float = 0.01
-    weight_decay: float = 0.01
-    batch_videos: int = 128
-    epochs: int = 100
-    max_es_cnt: int = 10
-    hard_negative_start_epoch: int = 20
-    seed: int = 0
-    eval_context_bsz: int = 100
-    eval_query_bsz: int = 50
-    num_workers: int = 0
-    single_query_pass: bool = False  # the original encodes queries twice per step
-    grad_clip: float = 1.0
+class TrainConfig(Section):
+    section: ClassVar[str] = "train"
+
+    lr: float = field(2e-4, ge=0.0)
+    lr_warmup_proportion: float = field(0.01, ge=0.0, lt=1.0)
+    weight_decay: float = field(0.01, ge=0.0)
+    batch_videos: int = field(128, ge=1)
+    epochs: int = field(100, ge=1)
+    max_es_cnt: int = field(10, ge=0)
+    hard_negative_start_epoch: int = field(20, ge=0)
+    seed: int = field(0, ge=0)
+    eval_context_bsz: int = field(100, ge=1)
+    eval_query_bsz: int = field(50, ge=1)
+    num_workers: int = field(0, ge=0)
+    grad_clip: float = field(1.0, ge=0.0)  # per-tensor clipping norm (0: off)
     amp: bool = False  # bf16 autocast for training steps and their validation (opt-in; fp32 is the faithful default)
-    recompute_videos: int = 16  # > 0: recompute branch activations in backward, so many videos at a time; 0: keep all
+    recompute_videos: int = field(16, ge=0)  # > 0: recompute branch activations in backward, so many videos at a time
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
+    section: ClassVar[str] = "data"
+
     collection: str = "charades"
     visual_feature: str | None = None  # default per collection
     root: str | None = None
@@ -84,99 +211,79 @@ class DataConfig:
 
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig
+    loss: LossConfig
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "loss", "train", "data")
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {s: getattr(self, s).to_dict() for s in self.SECTIONS}
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        cfg = cls()
-        apply_dict(cfg, d)
-        return cfg
+    def apply(self, d: Any, where: str = "config") -> RunConfig:
+        """Set values from a nested mapping {section: {key: value}} (a YAML file's content)."""
+        if d is None:
+            return self
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected a mapping of sections ({', '.join(self.SECTIONS)}), "
+                              f"got {type(d).__name__}")
+        for sec_name, values in d.items():
+            if sec_name not in self.SECTIONS:
+                raise ConfigError(f"{where}: unknown config section {sec_name!r} (known: {', '.join(self.SECTIONS)})")
+            if sec_name == "model" and isinstance(values, dict) and "name" in values:
+                if values["name"] != self.model.name:
+                    raise ConfigError(f"{where}: model.name is {values['name']!r}, but this config is for "
+                                      f"{self.model.name!r} (choose the model with --model)")
+                values = {k: v for k, v in values.items() if k != "name"}
+            apply_mapping(getattr(self, sec_name), values, where)
+        return self
 
+    def set(self, path: str, value: Any, where: str | None = None) -> RunConfig:
+        """Set one `section.key` (value typed, or `Raw` text to convert by the field's type)."""
+        sec, dot, key = path.partition(".")
+        where = where or f"{path}={value}"
+        if not dot or not key:
+            raise ConfigError(f"{where}: expected section.key, e.g. train.lr")
+        if sec not in self.SECTIONS:
+            raise ConfigError(f"{where}: unknown config section {sec!r} (known: {', '.join(self.SECTIONS)})")
+        set_field(getattr(self, sec), key, value, where)
+        return self
 
-def _coerce(section: Any, key: str, value: Any, where: str) -> Any:
-    f = {f.name: f for f in dataclasses.fields(section)}.get(key)
-    if f is None:
-        raise PrvrError(f"{where}: unknown config key {type(section).__name__}.{key}")
-    current = getattr(section, key)
-    if isinstance(value, str) and not isinstance(current, str):
-        value = yaml.safe_load(value)
-    if isinstance(current, float) and isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
-        try:
-            value = float(value)
-        except ValueError:
-            raise PrvrError(f"{where}: {key} expects a number, got {value!r}") from None
-    if isinstance(current, float) and not isinstance(value, (int, float)) or isinstance(value, bool) and not isinstance(current, bool):
-        raise PrvrError(f"{where}: {key} expects {type(current).__name__}, got {value!r}")
-    if isinstance(current, bool) and not isinstance(value, bool):
-        raise PrvrError(f"{where}: {key} expects true/false, got {value!r}")
-    if isinstance(current, float) and isinstance(value, int):
-        value = float(value)
-    if isinstance(current, int) and not isinstance(current, bool) and not isinstance(value, int):
-        raise PrvrError(f"{where}: {key} expects an integer, got {value!r}")
-    if isinstance(current, list):
-        if not isinstance(value, list):
-            raise PrvrError(f"{where}: {key} expects a list, got {value!r}")
-        value = [float(v) for v in value]
-    return value
-
-
-def apply_dict(cfg: RunConfig, d: dict[str, Any], where: str = "config") -> RunConfig:
-    for sec_name, values in (d or {}).items():
-        section = getattr(cfg, sec_name, None)
-        if section is None or not dataclasses.is_dataclass(section):
-            raise PrvrError(f"{where}: unknown config section {sec_name!r}")
-        if not isinstance(values, dict):
-            raise PrvrError(f"{where}: section {sec_name!r} must be a mapping")
-        for k, v in values.items():
-            setattr(section, k, _coerce(section, k, v, where))
-    return cfg
+    def check(self, where: str = "config") -> RunConfig:
+        """Check every field's range and each section's constraints."""
+        for s in self.SECTIONS:
+            section = getattr(self, s)
+            check_section(section, where)
+            section.validate(where)
+        return self
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """`section.key=value` strings (value parsed as YAML)."""
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        sec, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise PrvrError(f"override {item!r}: expected section.key=value, e.g. train.lr=1e-4")
-        apply_dict(cfg, {sec: {name: value}}, where=f"override {item!r}")
-    return cfg
+Override = tuple[str, Any]
 
 
-PRESET_ALIASES = {"act": "activitynet", "cha": "charades"}
+def parse_set(item: str) -> Override:
+    """`section.key=value` -> (path, Raw(value))."""
+    key, sep, value = item.partition("=")
+    sec, dot, name = key.partition(".")
+    if not sep or not dot or not sec or not name:
+        raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.lr=1e-4")
+    return key.strip(), Raw(value)
 
 
-def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("prvr.presets").iterdir() if p.name.endswith(".yaml"))
-
-
-def load_preset(name: str) -> RunConfig:
-    name = PRESET_ALIASES.get(name, name)
-    path = resources.files("prvr.presets") / f"{name}.yaml"
-    if not path.is_file():
-        raise PrvrError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
-    return apply_dict(RunConfig(), yaml.safe_load(path.read_text()), where=f"preset {name}")
-
-
-def load_yaml(path: str | Path, cfg: RunConfig | None = None) -> RunConfig:
+def read_yaml(path: str | Path) -> Any:
     path = Path(path)
-    if not path.exists():
-        raise PrvrError(f"{path}: config file not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
     try:
-        d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise PrvrError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
-    return apply_dict(cfg or RunConfig(), d or {}, where=str(path))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
 
 
-def resolve(preset: str | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    cfg = load_preset(preset) if preset else RunConfig()
-    if config_file:
-        cfg = load_yaml(config_file, cfg)
-    return apply_overrides(cfg, overrides or [])
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -10,21 +10,27 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from prvr.config import apply_overrides, load_preset
+from prvr.config import parse_set
 from prvr.data.layout import DatasetLayout
-from prvr.data.synth import write_synthetic
 from prvr.eval.evaluator import evaluate
+from prvr.eval.report import metrics_table
 from prvr.models import build_model
+from prvr.models.checkpoint import load_checkpoint
+from prvr.models.presets import resolve
 from prvr.runtime import tune_allocator
-from prvr.train.checkpoint import load_checkpoint
+from prvr.synth.synthetic import write_synthetic
 from prvr.train.loop import train
 
 # The charades preset, narrowed so a CPU demo trains in a couple of minutes. Everything else is the preset.
-DEMO_OVERRIDES = ["model.hidden_size=128", "train.lr=5e-4", "train.epochs=6"]
+DEMO_OVERRIDES = [("model.hidden_size", 128), ("train.lr", 5e-4), ("train.epochs", 6)]
 # The free-text part: the `everyday` corpus (MiniLM query tokens, 512-d projected frame features).
-EVERYDAY_OVERRIDES = ["data.collection=everyday", "data.visual_feature=projected", "model.visual_dim=512",
-                      "model.text_dim=384", "model.hidden_size=128", "train.lr=5e-4", "train.epochs=8",
-                      "train.batch_videos=32"]
+EVERYDAY_OVERRIDES = [("data.collection", "everyday"), ("data.visual_feature", "projected"), ("model.visual_dim", 512),
+                      ("model.text_dim", 384), ("model.hidden_size", 128), ("train.lr", 5e-4), ("train.epochs", 8),
+                      ("train.batch_videos", 32)]
+
+
+def _shown(overrides) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides)
 DEMO_QUERY = "someone cooking at the stove"
 
 
@@ -32,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("demo-out"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
+    ap.add_argument("--model", default="dreamprvr", help="a registered model (prvr models)")
     args = ap.parse_args(argv)
     tune_allocator()
     console = Console()
@@ -43,8 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         write_synthetic(data_root, "charades-small")
     else:
         console.print(f"[bold]1/5[/] using the synthetic data in {layout.base}")
-    cfg = apply_overrides(load_preset("charades"), DEMO_OVERRIDES + args.overrides + [f"data.root={data_root}"])
-    console.print(f"[bold]2/5[/] training DreamPRVR (charades preset; {', '.join(DEMO_OVERRIDES + args.overrides)})")
+    overrides = DEMO_OVERRIDES + [parse_set(s) for s in args.overrides]
+    cfg = resolve(args.model, "charades", overrides=overrides + [("data.root", str(data_root))])
+    console.print(f"[bold]2/5[/] training {cfg.model_name} (charades preset; {_shown(overrides)})")
     torch.manual_seed(cfg.train.seed)
     untrained = evaluate(build_model(cfg.model).eval(), layout, "test").metrics
     run = args.out / "run"
@@ -52,23 +60,21 @@ def main(argv: list[str] | None = None) -> None:
     console.print("[bold]3/5[/] evaluating the best checkpoint on the test split")
     model, _, state = load_checkpoint(run / "best.safetensors")
     trained = evaluate(model, layout, "test").metrics
-    from prvr.cli import metrics_table
-
     console.print(metrics_table({"untrained": untrained, f"trained (best val epoch {state['epoch']})": trained},
                                 "charades-small, test split"))
     console.print(f"evaluate it again: .venv/bin/prvr eval --checkpoint {run / 'best.safetensors'} "
                   f"--data {data_root} --split test")
-    free_text(args.out, console)
+    free_text(args.out, console, args.model)
     console.print(f"[bold]wall time {time.time() - t0:.0f} s[/]")
 
 
-def free_text(out: Path, console: Console) -> None:
+def free_text(out: Path, console: Console, model: str = "dreamprvr") -> None:
     """Train on the `everyday` corpus, index its test videos, and search them by free text."""
     import json
 
-    from prvr.data.everyday import write_everyday
     from prvr.index.build import build_index
     from prvr.index.search import Retriever
+    from prvr.synth.everyday import write_everyday
 
     root = out / "everyday-data"
     layout = DatasetLayout(root, "everyday", "projected")
@@ -76,7 +82,7 @@ def free_text(out: Path, console: Console) -> None:
                   "features are projected sentence embeddings, a stand-in for a text-aligned visual encoder)")
     if not layout.caption_file("test").exists():
         write_everyday(root)
-    cfg = apply_overrides(load_preset("charades"), EVERYDAY_OVERRIDES + [f"data.root={root}"])
+    cfg = resolve(model, "charades", overrides=EVERYDAY_OVERRIDES + [("data.root", str(root))])
     run = out / "everyday-run"
     train(cfg, run, progress=True, log=console.print)
     index = out / "everyday-index"

@@ -5,6 +5,10 @@ class PrvrError(Exception):
     """A problem with what the user handed us (file, id, field), not a bug."""
 
 
+class ConfigError(PrvrError):
+    """A config value, file or override that is unknown, of the wrong type or out of range."""
+
+
 class DataError(PrvrError):
     """A dataset file is missing, malformed or inconsistent."""
 

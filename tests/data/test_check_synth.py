@@ -7,7 +7,7 @@ import numpy as np
 
 from prvr.data.check import check_dataset
 from prvr.data.layout import DatasetLayout
-from prvr.data.synth import PRESETS, write_synthetic
+from prvr.synth.synthetic import PRESETS, write_synthetic
 
 
 def run_cli(*args):

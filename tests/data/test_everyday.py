@@ -2,14 +2,14 @@ import json
 
 import numpy as np
 
-from prvr.config import RunConfig
 from prvr.data.check import check_dataset
-from prvr.data.everyday import ACTIVITIES, write_everyday
 from prvr.data.features import open_query_features
 from prvr.index.build import build_index
 from prvr.index.search import Retriever
 from prvr.models import build_model
-from prvr.train.checkpoint import save_checkpoint
+from prvr.models.checkpoint import save_checkpoint
+from prvr.models.presets import default_config
+from prvr.synth.everyday import ACTIVITIES, write_everyday
 
 
 def test_everyday_corpus_and_free_text_search(tmp_path):
@@ -27,7 +27,7 @@ def test_everyday_corpus_and_free_text_search(tmp_path):
     tokens = q.get(ids[0])
     assert tokens.shape[1] == 384 and len(tokens) >= len(ids[1].split())
 
-    cfg = RunConfig()
+    cfg = default_config()
     cfg.model.visual_dim, cfg.model.text_dim, cfg.model.hidden_size, cfg.model.num_registers = 512, 384, 32, 2
     cfg.data.collection, cfg.data.visual_feature = "everyday", "projected"
     ckpt = tmp_path / "m.safetensors"

@@ -46,7 +46,7 @@ def test_bigfile_only_dataset_is_read(tiny_data, tmp_path):
     layout = DatasetLayout(root, "charades")
     layout.feature_hdf5.unlink()
     ds = EvalVideos(layout, "test")
-    clip, frames, _ = ds[0]
+    clip, frames = ds[0]
     ref = EvalVideos(DatasetLayout(tiny_data, "charades"), "test")[0]
     np.testing.assert_array_equal(clip, ref[0])
     np.testing.assert_array_equal(frames, ref[1])

@@ -6,13 +6,13 @@ import h5py
 import numpy as np
 import pytest
 
-from prvr.config import RunConfig
 from prvr.data.check import check_dataset
 from prvr.data.layout import DatasetLayout
 from prvr.encode.video import decode
 from prvr.errors import DataError
 from prvr.models import build_model
-from prvr.train.checkpoint import save_checkpoint
+from prvr.models.checkpoint import save_checkpoint
+from prvr.models.presets import default_config
 
 
 def cli(*args):
@@ -64,7 +64,7 @@ def test_extract_folder(extracted):
 
 def test_index_and_free_text_search(extracted, tmp_path):
     root, _ = extracted
-    cfg = RunConfig()
+    cfg = default_config()
     cfg.model.visual_dim, cfg.model.text_dim, cfg.model.hidden_size, cfg.model.num_registers = 32, 24, 32, 2
     cfg.data.collection = "mine"
     ckpt = tmp_path / "m.safetensors"

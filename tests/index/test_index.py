@@ -7,12 +7,12 @@ import pytest
 
 from prvr.data.datasets import SplitIndex
 from prvr.data.layout import DatasetLayout
-from prvr.data.synth import synthetic_info, write_synthetic
 from prvr.eval.evaluator import evaluate
 from prvr.index import store
 from prvr.index.build import build_index
 from prvr.index.search import Retriever
-from prvr.train.checkpoint import load_checkpoint
+from prvr.models.checkpoint import load_checkpoint
+from prvr.synth.synthetic import synthetic_info, write_synthetic
 from prvr.train.loop import train
 from tests.conftest import tiny_run_config
 

@@ -1,11 +1,16 @@
 import pytest
 import torch
 
-from prvr.config import LossConfig
-from prvr.losses import DreamPRVRLoss
+from prvr.data.datasets import Batch
 from prvr.models import build_model
+from prvr.models.base import TrainStep
+from prvr.models.dreamprvr import DreamPRVRLoss, DreamPRVRLossConfig
 from prvr.models.layers import StackedAttentionBlocks, gaussian_kernel
 from tests.conftest import tiny_model_config
+
+
+def make_loss(cfg, **kw):
+    return DreamPRVRLoss(DreamPRVRLossConfig(**kw), cfg)
 
 
 def batch(n_videos=3, caps=(2, 1, 3), lens=(5, 40, 200), cfg=None, seed=0):
@@ -23,7 +28,7 @@ def batch(n_videos=3, caps=(2, 1, 3), lens=(5, 40, 200), cfg=None, seed=0):
     lq = torch.randint(1, 30, (N,), generator=g)
     text = torch.randn(N, int(lq.max()), cfg.text_dim, generator=g)
     tmask = (torch.arange(int(lq.max()))[None] < lq[:, None]).float()
-    return clip, frames, fmask, text * tmask[..., None], tmask, labels
+    return Batch(clip=clip, frames=frames, frame_mask=fmask, text=text * tmask[..., None], text_mask=tmask, labels=labels)
 
 
 def test_stacked_blocks_equal_reference_forward_and_grad():
@@ -65,18 +70,19 @@ def test_dropout_rate_in_training():
 def test_inference_deterministic_and_query_independent():
     cfg = tiny_model_config()
     model = build_model(cfg).eval()
-    clip, frames, fmask, text, tmask, _ = batch(cfg=cfg)
+    b = batch(cfg=cfg)
     with torch.no_grad():
-        a = model.encode_videos(clip, frames, fmask)
-        b = model.encode_videos(clip, frames, fmask)
-        single = model.encode_videos(clip[1:2], frames[1:2], fmask[1:2])
-    assert torch.equal(a.clip, b.clip) and torch.equal(a.frame, b.frame)
-    torch.testing.assert_close(single.clip, a.clip[1:2], atol=1e-5, rtol=1e-5)  # no cross-video leakage
-    assert torch.all(a.frame[0, 5:] == 0)  # padded frame positions zeroed
+        a = model.encode_videos(b)
+        again = model.encode_videos(b)
+        single = model.encode_videos(Batch(clip=b.clip[1:2], frames=b.frames[1:2], frame_mask=b.frame_mask[1:2]))
+    clip, frame = a.sets["clip"].tokens, a.sets["frame"].tokens
+    assert torch.equal(clip, again.sets["clip"].tokens) and torch.equal(frame, again.sets["frame"].tokens)
+    torch.testing.assert_close(single.sets["clip"].tokens, clip[1:2], atol=1e-5, rtol=1e-5)  # no cross-video leakage
+    assert torch.all(frame[0, 5:] == 0)  # padded frame positions zeroed
     with torch.no_grad():
-        q = model.encode_queries(text[:1], tmask[:1])  # a single query
+        q = model.encode_queries(Batch(text=b.text[:1], text_mask=b.text_mask[:1]))  # a single query
         s = model.score(q, a)
-    assert q.shape == (1, cfg.hidden_size) and s.shape == (1, 3)
+    assert q.vectors.shape == (1, 2, cfg.hidden_size) and s.shape == (1, 3)
 
 
 def test_inference_does_no_training_work(monkeypatch):
@@ -84,9 +90,8 @@ def test_inference_does_no_training_work(monkeypatch):
     model = build_model(cfg).eval()
     called = []
     monkeypatch.setattr(model.text_perturbation, "forward", lambda *a, **k: called.append(1))
-    clip, frames, fmask, *_ = batch(cfg=cfg)
     with torch.no_grad():
-        model.encode_videos(clip, frames, fmask)
+        model.encode_videos(batch(cfg=cfg))
     assert not called
 
 
@@ -96,10 +101,8 @@ def test_inference_does_no_training_work(monkeypatch):
 def test_training_step_all_variants(ablation):
     cfg = tiny_model_config(**ablation)
     model = build_model(cfg).train()
-    crit = DreamPRVRLoss(LossConfig())
-    clip, frames, fmask, text, tmask, labels = batch(cfg=cfg)
-    out = model(clip, frames, fmask, text, tmask, labels)
-    loss, terms = crit(out, labels, hard_negative=True)
+    b = batch(cfg=cfg)
+    loss, terms = make_loss(cfg)(model.forward_train(b), b.labels, TrainStep(hard_negative=True))
     loss.backward()
     assert torch.isfinite(loss)
     assert ("diffusion" in terms) == (cfg.use_registers and cfg.use_diffusion)
@@ -118,19 +121,16 @@ def test_ablation_changes_registers():
     base = build_model(tiny_model_config()).eval()
     no_diff = build_model(tiny_model_config(use_diffusion=False)).eval()
     no_diff.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith("denoiser.")})
-    clip, frames, fmask, *_ = batch()
+    b = batch()
     with torch.no_grad():
-        assert not torch.allclose(base.encode_videos(clip, frames, fmask).clip,
-                                  no_diff.encode_videos(clip, frames, fmask).clip)
+        assert not torch.allclose(base.encode_videos(b).sets["clip"].tokens, no_diff.encode_videos(b).sets["clip"].tokens)
 
 
 def test_single_video_batch_and_single_caption():
     cfg = tiny_model_config()
     model = build_model(cfg).train()
-    crit = DreamPRVRLoss(LossConfig())
-    clip, frames, fmask, text, tmask, labels = batch(n_videos=1, caps=(1,), lens=(7,), cfg=cfg)
-    out = model(clip, frames, fmask, text, tmask, labels)
-    loss, _ = crit(out, labels, hard_negative=False)
+    b = batch(n_videos=1, caps=(1,), lens=(7,), cfg=cfg)
+    loss, _ = make_loss(cfg)(model.forward_train(b), b.labels, TrainStep())
     loss.backward()
     assert torch.isfinite(loss)
 
@@ -139,7 +139,7 @@ def test_too_many_frames_is_an_error():
     cfg = tiny_model_config()
     model = build_model(cfg).eval()
     with pytest.raises(ValueError, match="max_ctx_l"):
-        model.encode_videos(torch.zeros(1, 32, 48), torch.zeros(1, 129, 48), torch.ones(1, 129))
+        model.encode_videos(Batch(clip=torch.zeros(1, 32, 48), frames=torch.zeros(1, 129, 48), frame_mask=torch.ones(1, 129)))
 
 
 def test_device_is_a_parameter():
@@ -154,8 +154,8 @@ def test_device_is_a_parameter():
 def test_textual_structure_ablation(structure, present):
     cfg = tiny_model_config()
     model = build_model(cfg).train()
-    clip, frames, fmask, text, tmask, labels = batch(cfg=cfg)
-    _, terms = DreamPRVRLoss(LossConfig(textual_structure=structure))(model(clip, frames, fmask, text, tmask, labels), labels)
+    b = batch(cfg=cfg)
+    _, terms = make_loss(cfg, textual_structure=structure)(model.forward_train(b), b.labels, TrainStep())
     assert {"query_diversity", "query_similarity_preservation"} & set(terms) == present
 
 
@@ -165,13 +165,13 @@ def test_recompute_keeps_loss_and_gradients(training, chunk):
     dropout masks are replayed exactly; without dropout, chunking over videos changes nothing either."""
     cfg = tiny_model_config()
     model = build_model(cfg).train(training)
-    criterion = DreamPRVRLoss(LossConfig())
-    inputs = batch(cfg=cfg)
+    criterion = make_loss(cfg)
+    b = batch(cfg=cfg)
 
     def run(n):
         model.set_recompute(n)
         torch.manual_seed(3)
-        loss, _ = criterion(model(*inputs), inputs[-1])
+        loss, _ = criterion(model.forward_train(b), b.labels, TrainStep())
         model.zero_grad()
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]

@@ -1,4 +1,4 @@
-"""The model loaded with the original weights reproduces the authors' tensors (../shared/golden) within 1e-5."""
+"""The model loaded with the original weights reproduces the authors' tensors (tests/golden) within 1e-5."""
 
 from collections import Counter
 
@@ -6,14 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from prvr import losses as L
-from prvr.config import load_preset
+from prvr.data.datasets import Batch
 from prvr.models import build_model
-from prvr.models.convert import convert_state_dict, model_config_from_original, original_name
-from prvr.models.dreamprvr import DreamPRVR
+from prvr.models import losses as L
+from prvr.models.dreamprvr import DreamPRVR, DreamPRVRConfig
+from prvr.models.dreamprvr.convert import config_mapping, convert_state_dict, original_name
 from prvr.models.dreamprvr.diffusion import schedule_coefficients
+from prvr.models.presets import default_config, load_preset
 
 ATOL = 1e-5
+
+
+def model_config_from_original(config: dict) -> DreamPRVRConfig:
+    return default_config("dreamprvr").apply({"model": config_mapping(config)["model"]}).model
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,7 @@ def test_parameter_count_small(golden):
 @pytest.mark.parametrize("preset,golden_name", [("activitynet", "act"), ("charades", "cha"), ("tvr", "tvr")])
 def test_full_presets_match_original_structure(preset, golden_name, golden_meta):
     meta = golden_meta(golden_name)
-    model = build_model(load_preset(preset).model)
+    model = build_model(load_preset(preset).model)  # through the registry, like every caller
     assert sum(p.numel() for p in model.parameters()) == meta["n_params"]
     ours = Counter(tuple(v.shape) for v in model.state_dict().values())
     theirs = Counter(tuple(s) for _, s in meta["state_shapes"])
@@ -53,14 +58,17 @@ def test_full_presets_match_original_structure(preset, golden_name, golden_meta)
 
 def test_inference_outputs(golden, loaded):
     z, meta = golden
+    batch = Batch(clip=t(z, "input/clip_feat"), frames=t(z, "input/frame_feat"), frame_mask=t(z, "input/frame_mask"),
+                  text=t(z, "input/query_feat"), text_mask=t(z, "input/query_mask"))
     with torch.no_grad():
-        videos = loaded.encode_videos(t(z, "input/clip_feat"), t(z, "input/frame_feat"), t(z, "input/frame_mask"))
-        query = loaded.encode_queries(t(z, "input/query_feat"), t(z, "input/query_mask"))
-        clip, frame = loaded.scale_scores(query, videos)
-        score = loaded.score(query, videos)
-    assert meta["score_weights"] == [loaded.cfg.clip_scale_w, loaded.cfg.frame_scale_w]
-    for name, ours in [("encoded_clip", videos.clip), ("encoded_frame", videos.frame), ("query_embedding", query),
-                       ("clip_scale_scores", clip), ("frame_scale_scores", frame), ("score", score)]:
+        videos = loaded.encode_videos(batch)
+        queries = loaded.encode_queries(batch)
+        per_set = loaded.set_scores(queries, videos)
+        score = loaded.score(queries, videos)
+    assert meta["score_weights"] == [loaded.score_weights()["clip"], loaded.score_weights()["frame"]]
+    for name, ours in [("encoded_clip", videos.sets["clip"].tokens), ("encoded_frame", videos.sets["frame"].tokens),
+                       ("query_embedding", queries.vectors[:, 0]), ("clip_scale_scores", per_set["clip"]),
+                       ("frame_scale_scores", per_set["frame"]), ("score", score)]:
         np.testing.assert_allclose(ours.numpy(), z[f"output/{name}"], atol=ATOL, rtol=0, err_msg=name)
 
 
@@ -71,8 +79,8 @@ def test_inference_matches_with_unpadded_frames(golden, loaded):
     frames, mask = t(z, "input/frame_feat"), t(z, "input/frame_mask")
     short = mask.sum(1) < 128
     with torch.no_grad():
-        v = loaded.encode_videos(t(z, "input/clip_feat")[short], frames[short][:, :n], mask[short][:, :n])
-    np.testing.assert_allclose(v.frame.numpy(), z["output/encoded_frame"][short.numpy()], atol=ATOL, rtol=0)
+        _, frame, _ = loaded.video_tokens(t(z, "input/clip_feat")[short], frames[short][:, :n], mask[short][:, :n])
+    np.testing.assert_allclose(frame.numpy(), z["output/encoded_frame"][short.numpy()], atol=ATOL, rtol=0)
 
 
 def test_losses(golden):

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from prvr.data.layout import DatasetLayout
-from prvr.data.synth import write_synthetic
 from prvr.eval.evaluator import evaluate
 from prvr.models import build_model
-from prvr.train.checkpoint import load_checkpoint, read_metadata
+from prvr.models.checkpoint import load_checkpoint, read_metadata
+from prvr.synth.synthetic import write_synthetic
 from prvr.train.loop import train
 from tests.conftest import tiny_run_config
 
@@ -128,8 +128,8 @@ def test_convert_checkpoint_then_eval(golden, tiny_data, tmp_path):
     z, _ = golden
     t = lambda k: torch.from_numpy(z[k])  # noqa: E731
     with torch.no_grad():
-        v = model.encode_videos(t("input/clip_feat"), t("input/frame_feat"), t("input/frame_mask"))
-    np.testing.assert_allclose(v.clip.numpy(), z["output/encoded_clip"], atol=1e-5, rtol=0)
+        clip, _, _ = model.video_tokens(t("input/clip_feat"), t("input/frame_feat"), t("input/frame_mask"))
+    np.testing.assert_allclose(clip.numpy(), z["output/encoded_clip"], atol=1e-5, rtol=0)
     r = cli("eval", "--checkpoint", out, "--data", tiny_data, "--split", "test", "--quiet")
     assert r.returncode == 0, r.stderr
     assert "charades test" in r.stdout

@@ -48,8 +48,6 @@ class Batch:
     text: torch.Tensor | None = None  # (N, Lq, Dq)
     text_mask: torch.Tensor | None = None  # (N, Lq)
     labels: torch.Tensor | None = None  # (N,) index of each query's video in the batch
-    video_index: torch.Tensor | None = None  # (B,) position of each video in its split
-    query_index: torch.Tensor | None = None  # (N,) position of each query in its split
 
     def to(self, device: torch.device | str) -> Batch:
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -100,7 +98,7 @@ class _SplitData(Dataset):
 
 
 class TrainVideos(_SplitData):
-    """One item per video: (clip grid, frames, [query tokens...], video index, [query indices])."""
+    """One item per video: (clip grid, frames, [query tokens...])."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -111,8 +109,7 @@ class TrainVideos(_SplitData):
 
     def __getitem__(self, vi: int):
         clip, frames = self.video_inputs(vi)
-        qis = self.video_queries[vi]
-        return clip, frames, [self.query_input(q) for q in qis], vi, qis
+        return clip, frames, [self.query_input(q) for q in self.video_queries[vi]]
 
 
 class EvalVideos(_SplitData):
@@ -120,8 +117,7 @@ class EvalVideos(_SplitData):
         return len(self.index.video_ids)
 
     def __getitem__(self, vi: int):
-        clip, frames = self.video_inputs(vi)
-        return clip, frames, vi
+        return self.video_inputs(vi)
 
 
 class EvalQueries(_SplitData):
@@ -129,30 +125,24 @@ class EvalQueries(_SplitData):
         return len(self.index.query_ids)
 
     def __getitem__(self, qi: int):
-        return self.query_input(qi), qi
+        return self.query_input(qi)
 
 
 def collate_train(items) -> Batch:
-    clips, frames, queries, vidx, qidx = zip(*items, strict=True)
+    clips, frames, queries = zip(*items, strict=True)
     frame_t, frame_mask = pad_sequences(list(frames))
-    flat_q = [q for qs in queries for q in qs]
-    text, text_mask = pad_sequences(flat_q)
+    text, text_mask = pad_sequences([q for qs in queries for q in qs])
     labels = torch.tensor([b for b, qs in enumerate(queries) for _ in qs], dtype=torch.long)
-    return Batch(
-        clip=torch.from_numpy(np.stack(clips)), frames=frame_t, frame_mask=frame_mask,
-        text=text, text_mask=text_mask, labels=labels,
-        video_index=torch.tensor(vidx), query_index=torch.tensor([q for qs in qidx for q in qs]),
-    )
+    return Batch(clip=torch.from_numpy(np.stack(clips)), frames=frame_t, frame_mask=frame_mask,
+                 text=text, text_mask=text_mask, labels=labels)
 
 
 def collate_videos(items) -> Batch:
-    clips, frames, vidx = zip(*items, strict=True)
+    clips, frames = zip(*items, strict=True)
     frame_t, frame_mask = pad_sequences(list(frames))
-    return Batch(clip=torch.from_numpy(np.stack(clips)), frames=frame_t, frame_mask=frame_mask,
-                 video_index=torch.tensor(vidx))
+    return Batch(clip=torch.from_numpy(np.stack(clips)), frames=frame_t, frame_mask=frame_mask)
 
 
 def collate_queries(items) -> Batch:
-    toks, qidx = zip(*items, strict=True)
-    text, text_mask = pad_sequences(list(toks))
-    return Batch(text=text, text_mask=text_mask, query_index=torch.tensor(qidx))
+    text, text_mask = pad_sequences(list(items))
+    return Batch(text=text, text_mask=text_mask)

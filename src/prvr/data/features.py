@@ -60,11 +60,6 @@ class Hdf5Store:
             raise DataError(f"{self.path}: no {self.what} for id {key!r}")
         return int(self.file[key].shape[0])
 
-    def dim(self) -> int:
-        for key in self.file:
-            return int(self.file[key].shape[-1])
-        raise DataError(f"{self.path}: empty {self.what} file")
-
     def __getstate__(self):
         return {"path": self.path, "what": self.what, "_file": None, "_pid": None}
 
@@ -101,7 +96,7 @@ class BigFileStore:
         expected = rows * dims * 4
         if bin_file.stat().st_size != expected:
             raise DataError(f"{bin_file}: {bin_file.stat().st_size} bytes, expected {expected} ({rows}x{dims} float32)")
-        self.rows, self._dim = rows, dims
+        self.rows = rows
         self.row_of = {name: i for i, name in enumerate(names)}
         self.matrix = np.memmap(bin_file, dtype="<f4", mode="r", shape=(rows, dims))
         self.video2frames = video2frames
@@ -127,9 +122,6 @@ class BigFileStore:
         if video_id not in self.video2frames:
             raise DataError(f"{self.dir / 'video2frames.txt'}: no entry for video {video_id!r}")
         return len(self.video2frames[video_id])
-
-    def dim(self) -> int:
-        return self._dim
 
 
 def open_video_features(layout: DatasetLayout) -> Hdf5Store | BigFileStore:
@@ -172,3 +164,19 @@ def read_video_info(layout: DatasetLayout) -> dict[str, dict]:
     if not isinstance(info, dict):
         raise DataError(f"{path}: expected an object {{video_id: {{duration, frame_times}}}}")
     return info
+
+
+def read_text_encoder(layout: DatasetLayout) -> dict | None:
+    """The text encoder the query tokens were made with (TextData/text_encoder.json), if recorded."""
+    import json
+
+    path = layout.text_encoder_file
+    if not path.exists():
+        return None
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e.__class__.__name__})") from None
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise DataError(f"{path}: expected an encoder spec object with a 'kind'")
+    return spec

@@ -71,6 +71,11 @@ class DatasetLayout:
         """Optional per-video duration and frame times (written by `prvr extract`)."""
         return self.feature_dir / "video_info.json"
 
+    @property
+    def text_encoder_file(self) -> Path:
+        """Optional record of the text encoder the query tokens came from (written by extract, everyday)."""
+        return self.text_dir / "text_encoder.json"
+
     def splits_present(self) -> list[str]:
         return [s for s in SPLITS if self.caption_file(s).exists()]
 

@@ -1,4 +1,5 @@
-"""Evaluation: encode every video of a split once, every query once, score in query chunks, rank."""
+"""Evaluation: encode every video of a split once, every query once, score in query chunks, rank.
+Works for any registered model through the contract (`encode_videos`, `encode_queries`, `score`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -15,7 +15,7 @@ from prvr.data.datasets import EvalQueries, EvalVideos, SplitIndex, collate_quer
 from prvr.data.layout import DatasetLayout
 from prvr.device import bf16_autocast
 from prvr.eval.metrics import ranks_from_scores, recalls
-from prvr.models.dreamprvr.model import VideoTokens
+from prvr.models.base import PRVRModel, QueryRepr, VideoRepr
 
 
 @dataclass
@@ -27,47 +27,43 @@ class EvalResult:
     video_ids: list[str]
 
 
-@torch.no_grad()
-def encode_videos(model, dataset: EvalVideos, batch_size: int = 100, device="cpu", num_workers: int = 0,
-                  progress: bool = False) -> VideoTokens:
-    """All videos of a split, in split order -> VideoTokens on `device`."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_videos,
-                        num_workers=num_workers)
-    parts = []
-    for batch in tqdm(loader, desc="videos", unit="batch", disable=not progress):
-        b = batch.to(device)
-        parts.append(model.encode_videos(b.clip, b.frames, b.frame_mask))
-    return VideoTokens(*(torch.cat([getattr(p, f) for p in parts]) for f in ("clip", "frame", "frame_mask")))
+def _loader(dataset, batch_size: int, collate, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
 
 
 @torch.no_grad()
-def encode_queries(model, dataset: EvalQueries, batch_size: int = 50, device="cpu", num_workers: int = 0,
-                   progress: bool = False) -> torch.Tensor:
-    """All queries of a split, in caption-file order -> (N, D)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_queries,
-                        num_workers=num_workers)
-    parts = []
-    for batch in tqdm(loader, desc="queries", unit="batch", disable=not progress):
-        b = batch.to(device)
-        parts.append(model.encode_queries(b.text, b.text_mask))
-    return torch.cat(parts)
+def encode_videos(model: PRVRModel, dataset: EvalVideos, batch_size: int = 100, device="cpu", num_workers: int = 0,
+                  progress: bool = False) -> VideoRepr:
+    """All videos of a split, in split order, on `device`."""
+    loader = _loader(dataset, batch_size, collate_videos, num_workers)
+    return VideoRepr.cat([model.encode_videos(b.to(device))
+                          for b in tqdm(loader, desc="videos", unit="batch", disable=not progress)])
 
 
 @torch.no_grad()
-def rank_queries(model, queries: torch.Tensor, videos: VideoTokens, gt: torch.Tensor, chunk: int = 1024,
+def encode_queries(model: PRVRModel, dataset: EvalQueries, batch_size: int = 50, device="cpu", num_workers: int = 0,
+                   progress: bool = False) -> QueryRepr:
+    """All queries of a split, in caption-file order."""
+    loader = _loader(dataset, batch_size, collate_queries, num_workers)
+    return QueryRepr.cat([model.encode_queries(b.to(device))
+                          for b in tqdm(loader, desc="queries", unit="batch", disable=not progress)])
+
+
+@torch.no_grad()
+def rank_queries(model: PRVRModel, queries: QueryRepr, videos: VideoRepr, gt: torch.Tensor, chunk: int = 1024,
                  keep_scores: bool = False) -> tuple[torch.Tensor, np.ndarray | None]:
     """Score queries against all videos in chunks of queries; ranks (N,) and optionally the full matrix."""
     ranks, kept = [], []
-    videos, queries = model.normalized(videos), F.normalize(queries, dim=-1)  # once, not per chunk
-    for start in range(0, queries.shape[0], chunk):
-        s = model.score(queries[start:start + chunk], videos, normalize=False)  # (chunk, V)
+    videos, queries = videos.normalize(), queries.normalize()  # once, not per chunk
+    for start in range(0, len(queries), chunk):
+        s = model.score(queries[start:start + chunk], videos)  # (chunk, V)
         ranks.append(ranks_from_scores(s, gt[start:start + chunk]))
         if keep_scores:
             kept.append(s.float().cpu().numpy())
     return torch.cat(ranks).cpu(), (np.concatenate(kept) if keep_scores else None)
 
 
-def evaluate(model, layout: DatasetLayout, split: str, batch_videos: int = 100, batch_queries: int = 50,
+def evaluate(model: PRVRModel, layout: DatasetLayout, split: str, batch_videos: int = 100, batch_queries: int = 50,
              device="cpu", keep_scores: bool = False, progress: bool = False, num_workers: int = 0,
              amp: bool = False) -> EvalResult:
     """Encode every video and query of a split, score and rank. `amp`: encode under bf16 autocast (faster on
@@ -83,9 +79,8 @@ def evaluate(model, layout: DatasetLayout, split: str, batch_videos: int = 100, 
             queries = encode_queries(model, EvalQueries(layout, split, **kw), batch_queries, device, num_workers,
                                      progress)
         if amp:
-            videos = VideoTokens(videos.clip.float(), videos.frame.float(), videos.frame_mask.float())
-            queries = queries.float()
-        gt = torch.tensor(index.labels, device=queries.device)
+            videos, queries = videos.map(lambda t: t.float()), queries.map(lambda t: t.float())
+        gt = torch.tensor(index.labels, device=queries.vectors.device)
         ranks, scores = rank_queries(model, queries, videos, gt, keep_scores=keep_scores)
     finally:
         model.train(was_training)

@@ -1,8 +1,8 @@
-"""Approximate candidate generation for large indexes: FAISS inverted lists over every clip token.
+"""Approximate candidate generation for large indexes: FAISS inverted lists over every token of every token set.
 
-Stage 1 finds the clip tokens nearest to the query (IVF with 8-bit scalar quantisation, built streaming
-from the shards) and keeps their videos as candidates; stage 2 (prvr.index.search) re-ranks the candidates
-with the exact weighted clip + frame score.
+Stage 1 finds the tokens nearest to each query row (IVF with 8-bit scalar quantisation, built streaming from the
+shards) and keeps their videos as candidates, so a video that wins on any token set (clip cells or frames) can be
+found; stage 2 (prvr.index.search) re-ranks the candidates with the exact score.
 """
 
 from __future__ import annotations
@@ -12,56 +12,65 @@ from pathlib import Path
 
 import numpy as np
 
-from prvr.index.store import IndexError_, load_shard, read_manifest
+from prvr.index.store import IndexError_, layouts_of, load_shard, read_manifest
 from prvr.io import atomic_path, write_json_atomic
+from prvr.models.base import QueryRepr
 
-ANN_FILE, ANN_META = "ann.faiss", "ann.json"
+ANN_FILE, ANN_META, ANN_OWNERS = "ann.faiss", "ann.json", "ann.owners.npy"
 
 
 def build_ann(index: Path, nlist: int | None = None, train_size: int = 200_000, chunk: int = 200_000,
               seed: int = 0) -> dict:
-    """Build INDEX/ann.faiss over all clip tokens; memory stays bounded by `chunk` tokens plus the codes."""
+    """Build INDEX/ann.faiss over all tokens; memory stays bounded by `chunk` tokens plus the codes."""
     import faiss
 
     index = Path(index)
     manifest = read_manifest(index)
-    shards = [load_shard(index / n) for n in manifest["shards"]]
-    n_tokens = sum(s.clip.shape[0] * s.clip.shape[1] for s in shards)
+    if not manifest.get("normalized", True):
+        raise IndexError_(f"{index}: this model does not score by max-similarity; its index is searched exactly")
+    names = list(layouts_of(manifest))
+    shards = [load_shard(index / n, names) for n in manifest["shards"]]
+    parts = [(s, name) for s in shards for name in names]  # every (shard, token set), in a fixed order
+    n_tokens = sum(s.sets[name].tokens.shape[0] for s, name in parts)
     if n_tokens == 0:
         raise IndexError_(f"{index}: empty index")
-    dim = shards[0].clip.shape[2]
+    dim = parts[0][0].sets[names[0]].tokens.shape[1]
     nlist = nlist or int(max(16, min(65536, 4 * np.sqrt(n_tokens))))
     rng = np.random.default_rng(seed)
-    # training sample, drawn shard by shard
     take = min(train_size, n_tokens)
     sample = []
-    for s in shards:
-        flat = s.clip.reshape(-1, dim)
-        k = max(1, round(take * len(flat) / n_tokens))
-        sample.append(np.asarray(flat[np.sort(rng.choice(len(flat), min(k, len(flat)), replace=False))], np.float32))
+    for s, name in parts:  # training sample, drawn part by part
+        flat = s.sets[name].tokens
+        k = min(len(flat), max(1, round(take * len(flat) / n_tokens)))
+        if len(flat):
+            sample.append(np.asarray(flat[np.sort(rng.choice(len(flat), k, replace=False))], np.float32))
     sample = np.concatenate(sample)
     quantizer = faiss.IndexFlatIP(dim)
     ann = faiss.IndexIVFScalarQuantizer(quantizer, dim, min(nlist, len(sample)), faiss.ScalarQuantizer.QT_8bit,
                                         faiss.METRIC_INNER_PRODUCT)
     ann.train(sample)
-    video_base = 0
+    owners = np.empty(n_tokens, np.int32)  # token id -> global video index
+    token_base = video_base = 0
     for s in shards:
-        flat = s.clip.reshape(-1, dim)
-        kc = s.clip.shape[1]
-        for start in range(0, len(flat), chunk):
-            part = np.asarray(flat[start:start + chunk], np.float32)
-            ids = video_base * kc + np.arange(start, start + len(part), dtype=np.int64)  # token id = video * Kc + cell
-            ann.add_with_ids(part, ids)
-        video_base += s.clip.shape[0]
+        for name in names:
+            st = s.sets[name]
+            owners[token_base:token_base + len(st.tokens)] = video_base + np.repeat(np.arange(len(s.ids)), st.counts)
+            for start in range(0, len(st.tokens), chunk):
+                part = np.asarray(st.tokens[start:start + chunk], np.float32)
+                ann.add_with_ids(part, token_base + np.arange(start, start + len(part), dtype=np.int64))
+            token_base += len(st.tokens)
+        video_base += len(s.ids)
     with atomic_path(index / ANN_FILE) as tmp:
         faiss.write_index(ann, str(tmp))
-    meta = {"n_videos": video_base, "tokens_per_video": int(shards[0].clip.shape[1]), "nlist": ann.nlist,
+    with atomic_path(index / ANN_OWNERS) as tmp, open(tmp, "wb") as f:
+        np.save(f, owners)
+    meta = {"n_videos": video_base, "n_tokens": int(n_tokens), "nlist": ann.nlist, "token_sets": names,
             "shards": manifest["shards"]}
     write_json_atomic(index / ANN_META, meta)
     return meta
 
 
-class ClipTokenANN:
+class TokenANN:
     def __init__(self, index: Path, nprobe: int = 32):
         import faiss
 
@@ -69,17 +78,21 @@ class ClipTokenANN:
         self.meta = json.loads((index / ANN_META).read_text())
         self.ann = faiss.read_index(str(index / ANN_FILE))
         self.ann.nprobe = nprobe
-        self.kc = self.meta["tokens_per_video"]
+        self.owners = np.load(index / ANN_OWNERS, mmap_mode="r")
 
     def covers(self, manifest: dict) -> bool:
-        return self.meta["shards"] == manifest["shards"]
+        return self.meta["shards"] == manifest["shards"] and self.meta["token_sets"] == list(manifest["token_sets"])
 
-    def candidates(self, q: np.ndarray, n_tokens: int, n_videos: int) -> np.ndarray:
-        """Normalised query (D,) -> up to `n_videos` candidate videos, ranked by their best approximate clip-token
-        similarity among the `n_tokens` nearest tokens."""
-        sims, ids = self.ann.search(np.ascontiguousarray(q[None], np.float32), n_tokens)
-        sims, ids = sims[0], ids[0]
+    def candidates(self, q: QueryRepr, n_tokens: int, n_videos: int) -> np.ndarray:
+        """A normalised query -> up to `n_videos` candidate videos (sorted global indices), ranked by their best
+        approximate similarity to any query row among the `n_tokens` nearest tokens of each row."""
+        rows = q.vectors[0][q.weights[0] > 0].float().cpu().numpy()
+        rows = np.unique(rows, axis=0)  # a single vector used for several sets is searched once
+        sims, ids = self.ann.search(np.ascontiguousarray(rows, np.float32), n_tokens)
+        sims, ids = sims.reshape(-1), ids.reshape(-1)
         ok = ids >= 0
-        videos, first = np.unique(ids[ok] // self.kc, return_index=True)  # results come sorted by similarity
-        order = np.argsort(first)[:n_videos]  # first occurrence = that video's best token
-        return np.sort(videos[order])
+        order = np.argsort(-sims[ok], kind="stable")
+        videos = np.asarray(self.owners[ids[ok][order]])
+        uniq, first = np.unique(videos, return_index=True)  # first occurrence = that video's best token
+        keep = uniq[np.argsort(first)[:n_videos]]
+        return np.sort(keep)

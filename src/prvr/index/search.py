@@ -1,5 +1,11 @@
-"""Exact search over an index: one query encoding, then the weighted max-similarity score against every video,
-streamed shard by shard. Each hit carries its best moment (the best clip cell's time span) and best frame."""
+"""Search over an index: one query encoding, then the model's weighted max-similarity score against every video
+(or against the candidates of the ANN stage), streamed shard by shard. Each hit carries its best moment (the
+time span of the best token of the model's moment set) and its best frame.
+
+The score is the model's own: sum over token sets s and query rows m (aimed at s) of
+max_l <w_s a_m q_m, token_{s,l}> with normalised rows and tokens, i.e. exactly `model.score`, to float16
+precision. A model that does not score by max-similarity is scored by `model.score` on the stored tokens.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +17,23 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from prvr.config import RunConfig
-from prvr.data.preprocess import cell_frames, query_tokens
+from prvr.data.datasets import Batch
+from prvr.data.preprocess import query_tokens
 from prvr.errors import PrvrError
-from prvr.index.store import IndexError_, Shard, load_shard, read_manifest
-from prvr.train.checkpoint import load_checkpoint
+from prvr.index.store import Shard, ShardTokens, layouts_of, load_shard, read_manifest
+from prvr.models.base import QueryRepr, TokenLayout, TokenSet, VideoRepr
+from prvr.models.checkpoint import load_checkpoint
 
 MAX_K = 1000
+MAX_QUERY_CHARS = 1000
 SCORE_CHUNK = 8192  # token rows converted to float32 at a time
+EXACT_CHUNK = 1024  # videos scored at a time through model.score
 
 
 class Scores(NamedTuple):
-    clip: torch.Tensor  # (V,) max cosine over clip tokens
-    frame: torch.Tensor  # (V,) max cosine over frame tokens
-    cell: torch.Tensor  # (V,) argmax clip cell
-    best_frame: torch.Tensor  # (V,) argmax frame token (row within the video)
+    total: torch.Tensor  # (V,) the retrieval score
+    sets: dict[str, torch.Tensor]  # per token set, its weighted contribution (V,)
+    tokens: dict[str, torch.Tensor]  # per token set, the best token (V,)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -39,13 +47,12 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 class Hit:
     video_id: str
     score: float
-    clip_score: float
-    frame_score: float
-    start: float | None  # seconds, best-matching clip cell (None when the duration is unknown)
+    set_scores: dict[str, float]  # each token set's weighted contribution to the score
+    tokens: dict[str, int]  # the best token of each set
+    start: float | None  # seconds: the moment (best token of the moment set); None when the duration is unknown
     end: float | None
     frame_time: float | None  # seconds, best-matching frame
-    cell: int  # best clip cell (0 .. map_size-1)
-    frames: tuple[int, int]  # raw frame rows [lo, hi) of that cell
+    frames: tuple[int, int]  # raw frame rows [lo, hi) of the moment
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,17 +66,24 @@ class Retriever:
         self.manifest = read_manifest(self.path)
         self.model, self.cfg, _ = load_checkpoint(self.path / "model.safetensors", device)
         self.device = torch.device(device)
-        self.shards: list[Shard] = [load_shard(self.path / n) for n in self.manifest["shards"]]
+        self.layouts: dict[str, TokenLayout] = layouts_of(self.manifest)
+        self.weights = {k: float(v) for k, v in self.manifest["score_weights"].items()}
+        self.exact_only = not self.manifest.get("normalized", True)  # the model scores through model.score
+        self.shards: list[Shard] = [load_shard(self.path / n, list(self.layouts)) for n in self.manifest["shards"]]
         self.ids = [v for s in self.shards for v in s.ids]
         self._where = {v: (si, j) for si, s in enumerate(self.shards) for j, v in enumerate(s.ids)}
         sizes = [len(s.ids) for s in self.shards]
         self._shard_of = np.repeat(np.arange(len(sizes)), sizes)  # global video index -> shard
         self._shard_base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if sizes else np.zeros(0)
+        fixed = [n for n, lay in self.layouts.items() if not lay.ragged]
+        ragged = [n for n, lay in self.layouts.items() if lay.ragged]
+        self.moment_set = (fixed or ragged)[0]  # the span of a hit comes from this set's best token
+        self.frame_set = ragged[0] if ragged else None  # the best frame from this one
         self.ann = None
-        if (self.path / "ann.faiss").exists():
-            from prvr.index.ann import ClipTokenANN
+        if (self.path / "ann.faiss").exists() and not self.exact_only:
+            from prvr.index.ann import TokenANN
 
-            ann = ClipTokenANN(self.path)
+            ann = TokenANN(self.path)
             self.ann = ann if ann.covers(self.manifest) else None  # stale after `index add`: exact until rebuilt
         self._text_encoder = None
 
@@ -82,12 +96,12 @@ class Retriever:
         text = text.strip()
         if not text:
             raise PrvrError("empty query")
-        if len(text) > 1000:
-            raise PrvrError(f"query of {len(text)} characters, expected at most 1000")
+        if len(text) > MAX_QUERY_CHARS:
+            raise PrvrError(f"query of {len(text)} characters, expected at most {MAX_QUERY_CHARS}")
         spec = self.manifest.get("text_encoder")
         if not spec:
-            raise PrvrError(f"{self.path}: the index records no text encoder (its data was not made by `prvr extract "
-                            "--text-encoder`); search it with --query-id")
+            raise PrvrError(f"{self.path.name}: the index records no text encoder (its data was not made by `prvr "
+                            "extract --text-encoder`); search it with --query-id")
         if self._text_encoder is None:
             from prvr.encode.encoders import load_text_encoder
 
@@ -95,87 +109,143 @@ class Retriever:
         return self._text_encoder.encode([text])[0]
 
     @torch.no_grad()
-    def embed(self, tokens: np.ndarray) -> torch.Tensor:
-        """(n_tokens, Dq) raw token features -> normalised query embedding (D,)."""
+    def embed(self, tokens: np.ndarray) -> QueryRepr:
+        """(n_tokens, Dq) raw token features -> the model's normalised query representation of one query."""
         tokens = np.asarray(tokens, dtype=np.float32)
         if tokens.ndim != 2 or tokens.shape[1] != self.cfg.model.text_dim or len(tokens) == 0:
             raise PrvrError(f"query features of shape {tokens.shape}, expected (n_tokens >= 1, {self.cfg.model.text_dim})")
+        if not np.isfinite(tokens).all():
+            raise PrvrError("query features contain NaN or Inf")
         t = torch.from_numpy(query_tokens(tokens, self.cfg.model.max_desc_l))[None].to(self.device)
-        q = self.model.encode_queries(t, torch.ones(t.shape[:2], device=self.device))
-        return torch.nn.functional.normalize(q, dim=-1)[0]
+        return self.model.encode_queries(Batch(text=t, text_mask=torch.ones(t.shape[:2], device=self.device))).normalize()
+
+    def scaled_rows(self, q: QueryRepr) -> dict[str, torch.Tensor]:
+        """Per token set, the query rows aimed at it scaled by w_s * a_m (M_s, D); zero-weight rows dropped."""
+        out = {}
+        for name in self.layouts:
+            rows = q.rows_for(name)
+            scale = self.weights.get(name, 0.0) * q.weights[0, rows]  # (M_s,)
+            keep = scale > 0
+            out[name] = (q.vectors[0, rows] * scale[:, None])[keep].float()
+        return out
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def scores(self, q: torch.Tensor, videos: np.ndarray | None = None) -> Scores:
-        """Normalised query (D,) -> clip-scale and frame-scale scores, with their best cell and frame, of all
-        videos (or of the sorted global indices `videos`)."""
+    def scores(self, q: QueryRepr, videos: np.ndarray | None = None) -> Scores:
+        """Scores of all videos (or of the sorted global indices `videos`), with each set's best token."""
+        rows = None if self.exact_only else self.scaled_rows(q)
         parts = []
         for si, s in enumerate(self.shards):
             local = None if videos is None else videos[self._shard_of[videos] == si] - self._shard_base[si]
             if local is None or len(local):
-                parts.append(self._score_shard(q, s, local))
-        return Scores(*(torch.cat(p) for p in zip(*parts, strict=True)))
+                parts.append(self._exact_shard(q, s, local) if rows is None else self._score_shard(rows, s, local))
+        if not parts:
+            return Scores(torch.zeros(0), {}, {})
+        return Scores(torch.cat([p.total for p in parts]),
+                      {n: torch.cat([p.sets[n] for p in parts]) for n in self.layouts},
+                      {n: torch.cat([p.tokens[n] for p in parts]) for n in self.layouts})
 
-    def _token_sims(self, tokens: torch.Tensor, rows: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
-        """q · tokens[rows] (all rows when None) for f16 tokens (N, D), converted to f32 chunk by chunk so the
-        working set stays in cache and memory stays bounded."""
+    def _token_sims(self, tokens: torch.Tensor, rows: torch.Tensor | None, Q: torch.Tensor) -> torch.Tensor:
+        """tokens[rows] @ Q.T (all rows when None) for f16 tokens (T, D) -> (T', M), converted to f32 chunk by
+        chunk so the working set stays in cache and memory stays bounded."""
         n = len(tokens) if rows is None else len(rows)
-        out = torch.empty(n, device=self.device)
+        out = torch.empty(n, Q.shape[0], device=self.device)
         for a in range(0, n, SCORE_CHUNK):
             block = tokens[a:a + SCORE_CHUNK] if rows is None else tokens.index_select(0, rows[a:a + SCORE_CHUNK])
-            torch.mv(block.to(self.device).float(), q, out=out[a:a + SCORE_CHUNK])
+            block = block.to(self.device).float()
+            if Q.shape[0] == 1:
+                torch.mv(block, Q[0], out=out[a:a + SCORE_CHUNK, 0])
+            else:
+                torch.mm(block, Q.T, out=out[a:a + SCORE_CHUNK])
         return out
 
-    def _score_shard(self, q: torch.Tensor, s: Shard, local: np.ndarray | None) -> Scores:
-        n_all, Kc, D = s.clip.shape
-        offsets, clip_rows, frame_rows = s.offsets, None, None  # offsets: frame rows of the scored videos
-        if local is not None:
-            starts, lengths = s.offsets[local], s.offsets[local + 1] - s.offsets[local]
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
-            clip_rows = torch.from_numpy((local[:, None] * Kc + np.arange(Kc)).reshape(-1))
-            frame_rows = torch.from_numpy(np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1]))
-        clip = self._token_sims(_tensor(s.clip).view(n_all * Kc, D), clip_rows, q).view(-1, Kc)  # (n, Kc)
-        clip_score, cell = clip.max(dim=1)
-        sims = self._token_sims(_tensor(s.frames), frame_rows, q)  # (total_frames,)
-        lengths = torch.from_numpy(np.diff(offsets)).to(self.device)
-        n = len(lengths)
-        owner = torch.repeat_interleave(torch.arange(n, device=self.device), lengths)
-        frame_score = torch.full((n,), float("-inf"), device=self.device).scatter_reduce(0, owner, sims, reduce="amax")
-        # best frame: the first row of each video that reaches its maximum
-        row_in_video = torch.arange(len(sims), device=self.device) - torch.from_numpy(offsets[:-1]).to(self.device)[owner]
-        at_max = sims == frame_score[owner]
-        frame = torch.full((n,), len(sims), device=self.device).scatter_reduce(
-            0, owner[at_max], row_in_video[at_max], reduce="amin")
-        frame = torch.where(lengths > 0, frame, 0)
-        # the original's max also runs over zero-padded positions (cosine 0) when a video is short
-        frame_score = torch.where(lengths < self.cfg.model.max_ctx_l, frame_score.clamp_min(0.0), frame_score)
-        return Scores(clip_score, frame_score, cell, frame)
+    def _set_scores(self, Q: torch.Tensor, st: ShardTokens, layout: TokenLayout, local: np.ndarray | None):
+        """One token set of one shard: weighted score (n,) and best token (n,) of each scored video."""
+        counts = st.counts if local is None else st.counts[local]
+        n, M = len(counts), Q.shape[0]
+        if M == 0:
+            return torch.zeros(n, device=self.device), torch.zeros(n, dtype=torch.long, device=self.device)
+        rows = None
+        if local is not None:  # the token rows of the scored videos, in order
+            starts = st.offsets[local]
+            first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            rows = torch.from_numpy(np.repeat(starts - first, counts) + np.arange(counts.sum()))
+        sims = self._token_sims(_tensor(st.tokens), rows, Q)  # (T, M)
+        if n and counts.min() == counts.max():  # fixed tokens per video: a reshape
+            best, arg = sims.view(n, int(counts[0]), M).max(dim=1)  # (n, M) each
+        else:
+            cnt = torch.from_numpy(counts).to(self.device)
+            owner = torch.repeat_interleave(torch.arange(n, device=self.device), cnt)[:, None].expand(-1, M)
+            best = torch.full((n, M), float("-inf"), device=self.device).scatter_reduce(0, owner, sims, "amax")
+            # best token: the first row of each video that reaches its maximum
+            first = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)[:-1]])).to(self.device)
+            row_in_video = (torch.arange(len(sims), device=self.device) - first.repeat_interleave(cnt))[:, None]
+            candidate = torch.where(sims == best.gather(0, owner), row_in_video, len(sims))
+            arg = torch.full((n, M), len(sims), device=self.device).scatter_reduce(0, owner, candidate, "amin")
+            if layout.pads_score_zero:  # the originals' max also runs over zeroed padding (cosine 0)
+                best = torch.where((cnt < layout.capacity)[:, None], best.clamp_min(0.0), best)
+            arg = torch.where(arg >= len(sims), 0, arg)
+        top = best.argmax(dim=1, keepdim=True)  # the row that contributes most decides the moment
+        return best.sum(dim=1), arg.gather(1, top).squeeze(1)
 
-    def search_embedding(self, q: torch.Tensor, k: int = 10, exact: bool | None = None,
-                         candidate_tokens: int = 4096, candidate_videos: int = 1000) -> list[Hit]:
-        """Top-k videos for a normalised query embedding. With an ANN built (`prvr index ann`) and exact not
+    def _score_shard(self, rows: dict[str, torch.Tensor], s: Shard, local: np.ndarray | None) -> Scores:
+        sets, tokens = {}, {}
+        for name, layout in self.layouts.items():
+            sets[name], tokens[name] = self._set_scores(rows[name], s.sets[name], layout, local)
+        return Scores(sum(sets.values()), sets, tokens)
+
+    def _exact_shard(self, q: QueryRepr, s: Shard, local: np.ndarray | None) -> Scores:
+        """A model that does not score by max-similarity: its own `score` on the stored tokens, chunk by chunk."""
+        idx = np.arange(len(s.ids)) if local is None else local
+        totals, sets, tokens = [], {n: [] for n in self.layouts}, {n: [] for n in self.layouts}
+        for a in range(0, len(idx), EXACT_CHUNK):
+            v = self._video_repr(s, idx[a:a + EXACT_CHUNK])
+            totals.append(self.model.score(q, v)[0])
+            per_set, best = self.model.set_scores(q, v), self.model.best_tokens(q, v)
+            for n in self.layouts:
+                sets[n].append(self.weights.get(n, 0.0) * per_set[n][0])
+                tokens[n].append(best[n][0])
+        return Scores(torch.cat(totals), {n: torch.cat(x) for n, x in sets.items()},
+                      {n: torch.cat(x) for n, x in tokens.items()})
+
+    def _video_repr(self, s: Shard, idx: np.ndarray) -> VideoRepr:
+        """Stored tokens of some videos of a shard, padded back to the model's (B, L, D) token sets."""
+        sets = {}
+        for name, layout in self.layouts.items():
+            st = s.sets[name]
+            counts = st.counts[idx]
+            L = layout.capacity
+            tok = torch.zeros(len(idx), L, st.tokens.shape[1], device=self.device)
+            mask = torch.zeros(len(idx), L, device=self.device)
+            for j, (i, c) in enumerate(zip(idx, counts, strict=True)):  # data assembly, not a forward pass
+                tok[j, :c] = _tensor(st.tokens[st.offsets[i]:st.offsets[i] + c]).float()
+                mask[j, :c] = 1
+            sets[name] = TokenSet(tok, mask if layout.ragged else None)
+        return VideoRepr(sets)
+
+    # ------------------------------------------------------------------ search
+    def search_repr(self, q: QueryRepr, k: int = 10, exact: bool | None = None, candidate_tokens: int = 4096,
+                    candidate_videos: int = 1000) -> list[Hit]:
+        """Top-k videos for a normalised query representation. With an ANN built (`prvr index ann`) and exact not
         forced, stage 1 takes the best `candidate_videos` among the videos of the `candidate_tokens` nearest
-        clip tokens, stage 2 re-ranks them exactly; otherwise every video is scored."""
+        tokens, stage 2 re-ranks them exactly; otherwise every video is scored."""
         if not 1 <= k <= MAX_K:
             raise PrvrError(f"k={k}: expected 1 <= k <= {MAX_K}")
         if not self.ids:
             return []
         videos = None
         if not exact and self.ann is not None:
-            videos = self.ann.candidates(q.cpu().numpy(), max(candidate_tokens, k), max(candidate_videos, k))
+            videos = self.ann.candidates(q, max(candidate_tokens, k), max(candidate_videos, k))
             if len(videos) < k:
                 videos = None
         sc = self.scores(q, videos)
-        w_c, w_f = self.cfg.model.clip_scale_w, self.cfg.model.frame_scale_w
-        total = w_c * sc.clip + w_f * sc.frame
-        top = torch.topk(total, min(k, len(total))).indices
+        top = torch.topk(sc.total, min(k, len(sc.total))).indices
         glob = top.tolist() if videos is None else videos[top.cpu().numpy()].tolist()
-        rows = zip(glob, total[top].tolist(), sc.clip[top].tolist(), sc.frame[top].tolist(), sc.cell[top].tolist(),
-                   sc.best_frame[top].tolist(), strict=True)
-        return [self._hit(*row) for row in rows]
+        return [self._hit(g, float(sc.total[t]), {n: float(v[t]) for n, v in sc.sets.items()},
+                          {n: int(v[t]) for n, v in sc.tokens.items()}) for g, t in zip(glob, top.tolist(), strict=True)]
 
     def search_tokens(self, tokens: np.ndarray, k: int = 10, exact: bool | None = None) -> list[Hit]:
-        return self.search_embedding(self.embed(tokens), k, exact)
+        return self.search_repr(self.embed(tokens), k, exact)
 
     def search(self, text: str, k: int = 10, exact: bool | None = None) -> list[Hit]:
         """Free-text search."""
@@ -195,31 +265,28 @@ class Retriever:
     # ------------------------------------------------------------------ moments
     def video(self, video_id: str) -> dict:
         if video_id not in self._where:
-            raise PrvrError(f"unknown video id {video_id!r} in {self.path}")
+            raise PrvrError(f"unknown video id {video_id!r}")
         si, j = self._where[video_id]
         return {"video_id": video_id, **self.shards[si].meta[j]}
 
-    def _hit(self, i: int, score: float, clip_score: float, frame_score: float, cell: int, best: int) -> Hit:
+    def _hit(self, i: int, score: float, set_scores: dict[str, float], tokens: dict[str, int]) -> Hit:
         vid = self.ids[i]
         si, j = self._where[vid]
         meta = self.shards[si].meta[j]
-        n = int(meta.get("n_raw_frames", 0))
-        Kc, F = self.cfg.model.map_size, self.cfg.model.max_ctx_l
-        lo, hi = cell_frames(n, Kc, cell) if n else (cell, cell + 1)
-        f_lo, f_hi = (best, best + 1) if n <= F else cell_frames(n, F, best)
+        n = int(meta.get("n_raw_frames", 0) or 0)
+        token = tokens[self.moment_set]
+        lo, hi = self.layouts[self.moment_set].frame_rows(n, token) if n else (token, token + 1)
         start = end = frame_time = None
         duration = meta.get("duration")
         if duration and n:
             start, end = lo / n * duration, hi / n * duration
+            f_lo, f_hi = (self.layouts[self.frame_set].frame_rows(n, tokens[self.frame_set]) if self.frame_set
+                          else (lo, hi))
             frame_time = (f_lo + f_hi) / 2 / n * duration
             times = meta.get("frame_times")
-            if times and len(times) == n and f_hi - f_lo == 1:
+            if isinstance(times, list) and len(times) == n and f_hi - f_lo == 1:
                 frame_time = float(times[f_lo])
-        return Hit(vid, score, clip_score, frame_score, start, end, frame_time, cell, (lo, hi))
+        return Hit(vid, score, set_scores, tokens, start, end, frame_time, (lo, hi))
 
 
-def index_config(path: Path) -> RunConfig:
-    return RunConfig.from_dict(read_manifest(path)["config"])
-
-
-__all__ = ["Hit", "IndexError_", "Retriever", "index_config"]
+__all__ = ["Hit", "Retriever"]

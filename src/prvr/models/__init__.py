@@ -1,3 +1,7 @@
-from prvr.models.registry import build_model, model_names, register
+"""Models: the contract (`base`), the registry, shared layers and losses, checkpoints, and one package per model.
+Importing this package registers every built-in model."""
 
-__all__ = ["build_model", "model_names", "register"]
+from prvr.models import dreamprvr  # noqa: F401  (registers)
+from prvr.models.registry import build_loss, build_model, get_entry, model_names, register
+
+__all__ = ["build_loss", "build_model", "get_entry", "model_names", "register"]

@@ -6,9 +6,31 @@ matmul (its `alpha`), which costs nothing, and the result equals standard invert
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 import torch
 
-_MASK_BITS = 15  # CPU masks: p resolved to 1/32768 (p_eff = round(p * 2^15) / 2^15)
+_MASK_BITS = 15
+_reference = os.environ.get("PRVR_REFERENCE_PATH", "") not in ("", "0")
+
+
+def fused_enabled() -> bool:
+    """False when the plain reference path is asked for (PRVR_REFERENCE_PATH=1, or `reference_path()`): then the
+    models run their textbook per-branch blocks with standard dropout, no stacked weights or folded projections."""
+    return not _reference
+
+
+@contextlib.contextmanager
+def reference_path(enabled: bool = True) -> Iterator[None]:
+    """Run the plain reference path inside the block (tests compare it with the fused one)."""
+    global _reference
+    before, _reference = _reference, enabled
+    try:
+        yield
+    finally:
+        _reference = before  # CPU masks: p resolved to 1/32768 (p_eff = round(p * 2^15) / 2^15)
 
 
 def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prvr.models.fused import drop, dropout_scale, relu_drop, stacked_layer_norm
+from prvr.models.fused import drop, dropout_scale, fused_enabled, relu_drop, stacked_layer_norm
 
 MASK_LOGIT = -10000.0  # added to the logits of masked keys, as in the original
 
@@ -61,7 +61,7 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None,
                 logit_scale: torch.Tensor | None = None) -> torch.Tensor:
-        if x.shape[-2] == 1 and logit_scale is None:
+        if x.shape[-2] == 1 and logit_scale is None and fused_enabled():
             return self._single_query(x, context, key_mask)
         q = _heads(self.query(x), self.n_heads)  # (B, h, Lq, dh)
         k = _heads(self.key(context), self.n_heads)  # (B, h, Lk, dh)
@@ -171,7 +171,7 @@ class StackedAttentionBlocks(nn.Module):
                 logit_scale: torch.Tensor | None) -> torch.Tensor:
         """x (B, Lq, D) queries, context (B, Lk, D) keys/values, key_mask (B, Lk), logit_scale (A, Lq, Lk)
         -> (A, B, Lq, D)."""
-        if not torch.is_grad_enabled():  # inference: plain per-branch blocks are faster than stacking weights
+        if not torch.is_grad_enabled() or not fused_enabled():  # inference: plain blocks are faster than stacking
             return torch.stack([blk(x, key_mask, context, None if logit_scale is None else logit_scale[a])
                                 for a, blk in enumerate(self.blocks)])
         A, h, p, tr = len(self.blocks), self.n_heads, self.dropout, self.training

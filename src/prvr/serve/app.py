@@ -12,9 +12,7 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 
 from prvr.errors import PrvrError
-from prvr.index.search import MAX_K, Retriever
-
-MAX_QUERY_CHARS = 1000
+from prvr.index.search import MAX_K, MAX_QUERY_CHARS, Retriever
 
 
 def create_app(index: str | Path | Retriever, device: str = "cpu") -> FastAPI:

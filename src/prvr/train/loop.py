@@ -14,16 +14,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from prvr.config import RunConfig
+from prvr.config import RunConfig, to_yaml
 from prvr.data.datasets import TrainVideos, collate_train
 from prvr.data.layout import DatasetLayout
 from prvr.device import bf16_autocast
 from prvr.errors import PrvrError
 from prvr.eval.evaluator import evaluate
 from prvr.io import write_text_atomic
-from prvr.losses import DreamPRVRLoss
-from prvr.models import build_model
-from prvr.train.checkpoint import restore_training, save_checkpoint
+from prvr.models import build_loss, build_model
+from prvr.models.base import TrainStep
+from prvr.models.checkpoint import restore_training, save_checkpoint
 from prvr.train.optim import BertAdam, param_groups
 
 
@@ -67,7 +67,7 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
     steps_per_epoch = -(-len(dataset) // tc.batch_videos)
     optimizer = BertAdam(param_groups(model, tc.weight_decay), lr=tc.lr, warmup=tc.lr_warmup_proportion,
                          t_total=steps_per_epoch * tc.epochs, max_grad_norm=tc.grad_clip)
-    criterion = DreamPRVRLoss(cfg.loss)
+    criterion = build_loss(cfg.loss, mc)
     state = {"epoch": -1, "best_sumr": -1.0, "best_epoch": -1, "best_metrics": {}, "es_cnt": 0}
     last_path, best_path, log_path = out_dir / "last.safetensors", out_dir / "best.safetensors", out_dir / "metrics.jsonl"
     if resume:
@@ -79,7 +79,7 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
         out_dir.mkdir(parents=True, exist_ok=True)
         if log_path.exists():
             log_path.unlink()
-    write_text_atomic(out_dir / "config.yaml", _yaml(cfg))
+    write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))
     tb = _tensorboard(out_dir)
     start = state["epoch"] + 1
     for epoch in range(start, tc.epochs):
@@ -93,9 +93,7 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
         for batch in bar:
             b = batch.to(device)
             with bf16_autocast(device, tc.amp):
-                out = model(b.clip, b.frames, b.frame_mask, b.text, b.text_mask, b.labels,
-                            second_query_pass=not tc.single_query_pass)
-                loss, terms = criterion(out, b.labels, hard_negative=hard)
+                loss, terms = criterion(model.forward_train(b), b.labels, TrainStep(epoch, hard))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -131,9 +129,3 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
     if tb is not None:
         tb.close()
     return TrainResult(state["best_epoch"], state["best_metrics"], state["epoch"] + 1, out_dir)
-
-
-def _yaml(cfg: RunConfig) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -3,25 +3,29 @@ per-parameter gradient clipping) with linear warm-up then linear decay to 0 over
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
-# Modules the original names `LayerNorm` (input projections and positional encodings; ours end in
-# `_proj.norm` / `_pos.norm`) and every bias are exempt from weight decay; other norm gains are decayed.
-_NO_DECAY = re.compile(r"bias|_proj\.norm\.weight|_pos\.norm\.weight")
+from prvr.models.layers import PositionalEncoding, Projection
 
 
-def decays(name: str) -> bool:
-    return _NO_DECAY.search(name) is None
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Parameters exempt from weight decay, by the originals' rule (name contains `bias`, `LayerNorm.bias` or
+    `LayerNorm.weight`): every bias, and the norms the originals name `LayerNorm`, i.e. those of the input
+    projections and positional encodings. Other LayerNorm gains are decayed, as there."""
+    names = {n for n, _ in model.named_parameters() if "bias" in n.rsplit(".", 1)[-1]}  # GRU bias_ih_l0 too
+    for prefix, m in model.named_modules():
+        if isinstance(m, (Projection, PositionalEncoding)):
+            names.update(f"{prefix}.norm.{n}" for n, _ in m.norm.named_parameters())
+    return names
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    exempt = no_decay_names(model)
     return [
-        {"params": [p for n, p in named if decays(n)], "weight_decay": weight_decay},
-        {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if n not in exempt], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0},
     ]
 
 

@@ -75,11 +75,10 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 
 class TimeEmbedding(nn.Module):
     """Frozen (T, D) table -> Linear -> Swish -> Linear. The original's global init overwrites the sinusoidal
-    table with N(0, 0.02) values that are never trained; `sinusoidal=True` keeps the sinusoidal table."""
+    table with N(0, 0.02) values that are never trained (DreamPRVR.reset_parameters restores it on request)."""
 
-    def __init__(self, timesteps: int, dim: int, sinusoidal: bool = False):
+    def __init__(self, timesteps: int, dim: int):
         super().__init__()
-        self.sinusoidal = sinusoidal
         self.table = nn.Embedding.from_pretrained(sinusoidal_table(timesteps, dim), freeze=True)
         self.fc1 = nn.Linear(dim, dim)
         self.fc2 = nn.Linear(dim, dim)
@@ -111,9 +110,9 @@ class DenoiserBlock(nn.Module):
 class Denoiser(nn.Module):
     """eps_theta(x_t, t, C) on register tensors (M, K, D)."""
 
-    def __init__(self, dim: int, timesteps: int, num_layers: int = 2, sinusoidal_time: bool = False):
+    def __init__(self, dim: int, timesteps: int, num_layers: int = 2):
         super().__init__()
-        self.time_embed = TimeEmbedding(timesteps, dim, sinusoidal_time)
+        self.time_embed = TimeEmbedding(timesteps, dim)
         self.cond_norm = nn.LayerNorm(dim)
         self.cond_linear = nn.Linear(dim, dim)
         self.blocks = nn.ModuleList(DenoiserBlock(dim) for _ in range(num_layers))

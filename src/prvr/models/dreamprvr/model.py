@@ -9,52 +9,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prvr.config import ModelConfig
+from prvr.models.base import PRVRModel, QueryRepr, TokenLayout, TokenSet, VideoRepr
+from prvr.models.dreamprvr.config import DreamPRVRConfig
 from prvr.models.dreamprvr.diffusion import Denoiser, DiffusionSchedule
 from prvr.models.dreamprvr.registers import RegisterCondition, RegisterGaussianAttention
 from prvr.models.dreamprvr.samplers import TextPerturbationSampler, VideoSampler, sinusoidal_table
 from prvr.models.layers import AttentionBlock, PositionalEncoding, Projection
-
-
-@dataclass
-class VideoTokens:
-    """Query-independent video representation: what an index stores."""
-
-    clip: torch.Tensor  # (B, Kc, D)
-    frame: torch.Tensor  # (B, F, D), zero at padded positions
-    frame_mask: torch.Tensor  # (B, F)
+from prvr.models.losses import segment_mean
 
 
 @dataclass
 class TrainOutputs:
     query: torch.Tensor  # (N, D) second query pass, used by the scores
     query_first: torch.Tensor  # (N, D) first pass: text means and the textual structure losses
-    videos: VideoTokens
+    clip: torch.Tensor  # (B, Kc, D) clip-scale video tokens
+    frame: torch.Tensor  # (B, F, D) frame-scale video tokens, zero at padded positions
+    frame_mask: torch.Tensor  # (B, F)
     mu: torch.Tensor | None = None  # (B, D)
     logvar: torch.Tensor | None = None  # (B, D)
     eps_pred: torch.Tensor | None = None  # (T, B, K, D)
     eps_true: torch.Tensor | None = None  # (B, K, D)
 
 
-def segment_mean(x: torch.Tensor, labels: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Mean of rows of x (N, D) grouped by labels (N,) -> (num_segments, D)."""
-    sums = x.new_zeros(num_segments, x.shape[1]).index_add_(0, labels, x)
-    counts = torch.bincount(labels, minlength=num_segments).clamp_min(1).to(x.dtype)
-    return sums / counts[:, None]
+SETS = ("clip", "frame")
 
 
-def max_similarity(query: torch.Tensor, tokens: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """query (N, D), tokens (B, L, D) -> max over L of cos (or dot) -> (N, B)."""
-    if normalize:
-        query, tokens = F.normalize(query, dim=-1), F.normalize(tokens, dim=-1)
-    sims = torch.einsum("nd,bld->nbl", query, tokens)  # (N, B, L)
-    return sims.max(dim=-1).values
+class DreamPRVR(PRVRModel):
+    config_class = DreamPRVRConfig
+    cfg: DreamPRVRConfig
 
-
-class DreamPRVR(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
+    def __init__(self, cfg: DreamPRVRConfig):
+        super().__init__(cfg)
         D, h, p_in, p = cfg.hidden_size, cfg.n_heads, cfg.input_drop, cfg.drop
         # query branch
         self.query_proj = Projection(cfg.text_dim, D, p_in)
@@ -73,7 +58,7 @@ class DreamPRVR(nn.Module):
             self.video_sampler = VideoSampler(D)
             self.text_perturbation = TextPerturbationSampler(cfg.num_registers, cfg.perturbation_scale)
             if cfg.use_diffusion:
-                self.denoiser = Denoiser(D, cfg.timesteps, cfg.num_diffusion_layers, cfg.sinusoidal_time_embedding)
+                self.denoiser = Denoiser(D, cfg.timesteps, cfg.num_diffusion_layers)
                 self.diffusion = DiffusionSchedule(cfg.timesteps)
         # concentration: register-augmented Gaussian attention per scale
         branch = dict(n_heads=h, dropout=p, attention_num=cfg.attention_num, temperature=cfg.sft_factor,
@@ -114,8 +99,26 @@ class DreamPRVR(nn.Module):
             with torch.no_grad():
                 table.copy_(sinusoidal_table(*table.shape))
 
+    # ---------------------------------------------------------------- the contract
+    def token_layouts(self) -> dict[str, TokenLayout]:
+        return {"clip": TokenLayout(self.cfg.map_size),
+                "frame": TokenLayout(self.cfg.max_ctx_l, ragged=True, pads_score_zero=True)}
+
+    def score_weights(self) -> dict[str, float]:
+        return {"clip": self.cfg.clip_scale_w, "frame": self.cfg.frame_scale_w}
+
+    def encode_queries(self, batch) -> QueryRepr:
+        return QueryRepr.single(self.query_embedding(batch.text, batch.text_mask), SETS)
+
+    def encode_videos(self, batch) -> VideoRepr:
+        clip, frame, frame_mask = self.video_tokens(batch.clip, batch.frames, batch.frame_mask)
+        return VideoRepr({"clip": TokenSet(clip), "frame": TokenSet(frame, frame_mask)})
+
+    def forward_train(self, batch) -> TrainOutputs:
+        return self(batch.clip, batch.frames, batch.frame_mask, batch.text, batch.text_mask, batch.labels)
+
     # ---------------------------------------------------------------- query side
-    def encode_queries(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    def query_embedding(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """text (N, Lq, Dq), text_mask (N, Lq) -> query embedding (N, D)."""
         x = self.query_pos(self.query_proj(text))  # (N, Lq, D)
         x = self.query_encoder(x, key_mask=text_mask)
@@ -160,14 +163,15 @@ class DreamPRVR(nn.Module):
             frame_mask = F.pad(frame_mask, (0, F_max - n))
         return frames, frame_mask  # (B, F, Dv), (B, F)
 
-    def _encode_tokens(self, clip_tokens, frames, frame_mask, registers) -> VideoTokens:
+    def _encode_tokens(self, clip_tokens, frames, frame_mask, registers):
         clip_out = self.clip_branch(clip_tokens, registers)  # (B, Kc, D)
         frame_tokens = self.frame_pos(self.frame_proj(frames))  # (B, F, D)
         frame_out = self.frame_branch(frame_tokens, registers, frame_mask) * frame_mask[..., None]
-        return VideoTokens(clip_out, frame_out, frame_mask)
+        return clip_out, frame_out, frame_mask
 
-    def encode_videos(self, clip: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> VideoTokens:
-        """Inference path: clip (B, Kc, Dv), frames (B, F<=128, Dv), frame_mask (B, F) -> VideoTokens."""
+    def video_tokens(self, clip: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor):
+        """Inference path: clip (B, Kc, Dv), frames (B, F<=128, Dv), frame_mask (B, F)
+        -> clip tokens (B, Kc, D), frame tokens (B, max_ctx_l, D) zero at padding, frame mask (B, max_ctx_l)."""
         frames, frame_mask = self._pad_frames(frames, frame_mask)
         clip_tokens = self.clip_pos(self.clip_proj(clip))  # (B, Kc, D)
         registers = None
@@ -176,28 +180,12 @@ class DreamPRVR(nn.Module):
             registers = self.generate_registers(cond, self._start_noise(mu))
         return self._encode_tokens(clip_tokens, frames, frame_mask, registers)
 
-    # ---------------------------------------------------------------- scores
-    @staticmethod
-    def normalized(videos: VideoTokens) -> VideoTokens:
-        return VideoTokens(F.normalize(videos.clip, dim=-1), F.normalize(videos.frame, dim=-1), videos.frame_mask)
-
-    def scale_scores(self, query: torch.Tensor, videos: VideoTokens, normalize: bool = True):
-        """(clip-scale, frame-scale) max-similarity scores, each (N, B). The frame max runs over all
-        max_ctx_l positions, padded ones included (cosine 0 there), as the original does."""
-        return max_similarity(query, videos.clip, normalize), max_similarity(query, videos.frame, normalize)
-
-    def score(self, query: torch.Tensor, videos: VideoTokens, normalize: bool = True) -> torch.Tensor:
-        """Retrieval score w_c * clip + w_f * frame, (N, B). `normalize=False`: query and tokens are already
-        L2-normalised (see `normalized`), e.g. when scoring many query chunks against the same videos."""
-        clip, frame = self.scale_scores(query, videos, normalize)
-        return self.cfg.clip_scale_w * clip + self.cfg.frame_scale_w * frame
-
     # ---------------------------------------------------------------- training
-    def forward(self, clip, frames, frame_mask, text, text_mask, labels, second_query_pass: bool = True) -> TrainOutputs:
-        """Training pass: all the tensors the losses need. The original encodes the queries twice
-        (different dropout masks); `second_query_pass=False` reuses the first pass."""
+    def forward(self, clip, frames, frame_mask, text, text_mask, labels) -> TrainOutputs:
+        """Training pass: all the tensors the losses need. The original encodes the queries twice (different
+        dropout masks); `single_query_pass=True` reuses the first pass."""
         B = clip.shape[0]
-        query_first = self.encode_queries(text, text_mask)  # (N, D)
+        query_first = self.query_embedding(text, text_mask)  # (N, D)
         frames, frame_mask = self._pad_frames(frames, frame_mask)
         clip_tokens = self.clip_pos(self.clip_proj(clip))  # (B, Kc, D)
         out = {}
@@ -214,6 +202,6 @@ class DreamPRVR(nn.Module):
                 eps = self.denoiser(x_t.flatten(0, 1), steps, cond.repeat(T, 1, 1))
                 out.update(eps_pred=eps.view(T, B, *eps.shape[1:]), eps_true=noise)
             registers = self.generate_registers(cond, noise)
-        videos = self._encode_tokens(clip_tokens, frames, frame_mask, registers)
-        query = self.encode_queries(text, text_mask) if second_query_pass else query_first
-        return TrainOutputs(query=query, query_first=query_first, videos=videos, **out)
+        clip_out, frame_out, frame_mask = self._encode_tokens(clip_tokens, frames, frame_mask, registers)
+        query = query_first if self.cfg.single_query_pass else self.query_embedding(text, text_mask)
+        return TrainOutputs(query, query_first, clip_out, frame_out, frame_mask, **out)

@@ -14,13 +14,11 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from prvr.data.features import read_video2frames
 from prvr.data.layout import DatasetLayout
+from prvr.data.writer import DatasetWriter, write_bigfile
 from prvr.errors import PrvrError
-from prvr.io import atomic_path, write_json_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -80,8 +78,8 @@ def write_synthetic(root: str | Path, preset: str | SynthPreset, seed: int | Non
 
     `scale` multiplies the number of videos per split (at least 2 each); `bigfile=True` also writes the BigFile form.
     """
-    if preset == "everyday":  # real language through a real text encoder (see prvr.data.everyday)
-        from prvr.data.everyday import VIDEOS, write_everyday
+    if preset == "everyday":  # real language through a real text encoder (see prvr.synth.everyday)
+        from prvr.synth.everyday import VIDEOS, write_everyday
 
         videos = tuple(max(2, round(n * scale)) for n in VIDEOS)
         return write_everyday(root, videos=videos, seed=0 if seed is None else seed)
@@ -95,9 +93,6 @@ def write_synthetic(root: str | Path, preset: str | SynthPreset, seed: int | Non
         preset = replace(preset, videos=tuple(max(2, round(n * scale)) for n in preset.videos))
     p = preset
     rng = np.random.default_rng(p.seed)
-    layout = DatasetLayout(Path(root), p.collection)
-    layout.text_dir.mkdir(parents=True, exist_ok=True)
-    layout.feature_dir.mkdir(parents=True, exist_ok=True)
     scale_v = np.sqrt(p.visual_dim)  # unit prototypes scaled to per-dimension magnitude ~1
     scale_t = np.sqrt(p.text_dim)
     topic_v, topic_t = _unit_rows(rng, p.topics, p.visual_dim) * scale_v, _unit_rows(rng, p.topics, p.text_dim) * scale_t
@@ -106,65 +101,41 @@ def write_synthetic(root: str | Path, preset: str | SynthPreset, seed: int | Non
     words = _unit_rows(rng, 64, p.text_dim) * scale_t
     scenes = _unit_rows(rng, 8, p.visual_dim) * scale_v
 
-    frame_ids: dict[str, list[str]] = {}
     moments: dict[str, dict] = {}
-    with atomic_path(layout.feature_hdf5) as vtmp, atomic_path(layout.query_feature_file) as qtmp:
-        with h5py.File(vtmp, "w") as vh5, h5py.File(qtmp, "w") as qh5:
-            counter = 0
-            for split, n_videos in zip(("train", "val", "test"), p.videos, strict=True):
-                lines = []
-                for _ in range(n_videos):
-                    vid = f"{p.collection[:3]}{counter:06d}"
-                    counter += 1
-                    n = int(rng.integers(p.frames[0], p.frames[1] + 1))
-                    scene = scenes[rng.integers(len(scenes))]
-                    frames = 0.5 * scene + p.frame_noise * rng.standard_normal((n, p.visual_dim)).astype(np.float32)
-                    n_events = int(rng.integers(p.events[0], p.events[1] + 1))
-                    bounds = np.sort(rng.choice(np.arange(1, n), size=min(2 * n_events, n - 1), replace=False))
-                    spans = [(int(bounds[i]), int(bounds[i + 1])) for i in range(0, len(bounds) - 1, 2)]
-                    if not spans:
-                        spans = [(0, n)]
-                    events = []
-                    for k, (s, e) in enumerate(spans):
-                        topic, attr = int(rng.integers(p.topics)), int(rng.integers(p.attributes))
-                        frames[s:e] += p.event_strength * topic_v[topic] + p.attribute_strength * attr_v[attr]
-                        n_tok = int(rng.integers(p.tokens[0], p.tokens[1] + 1))
-                        mix = rng.random((n_tok, 1)).astype(np.float32)
-                        tokens = (mix * topic_t[topic] + (1 - mix) * 0.5 * attr_t[attr]
-                                  + words[rng.integers(len(words), size=n_tok)]
-                                  + p.token_noise * rng.standard_normal((n_tok, p.text_dim)).astype(np.float32))
-                        cap_id = f"{vid}#enc#{k}"
-                        qh5.create_dataset(cap_id, data=tokens.astype(np.float32))
-                        text = f"someone {topic_phrase(topic)} {ATTRIBUTES[attr % len(ATTRIBUTES)]}"
-                        lines.append(f"{cap_id} {text}")
-                        events.append({"cap_id": cap_id, "topic": topic, "attribute": attr, "frames": [s, e]})
-                    vh5.create_dataset(vid, data=frames.astype(np.float32))
-                    frame_ids[vid] = [f"{vid}_{i}" for i in range(n)]
-                    moments[vid] = {"n_frames": n, "events": events}
-                write_text_atomic(layout.caption_file(split), "\n".join(lines) + "\n")
-    write_text_atomic(layout.video2frames_file, repr(frame_ids))
-    # one feature per second, stamped at the middle of its second (as `prvr extract` records real videos)
-    write_json_atomic(layout.video_info_file, {vid: {"duration": float(len(f)), "frame_times": [i + 0.5 for i in range(len(f))]}
-                                               for vid, f in frame_ids.items()})
-    write_json_atomic(layout.base / "synthetic.json", {"preset": asdict(p), "moments": moments})
+    with DatasetWriter(root, p.collection) as out:
+        counter = 0
+        for split, n_videos in zip(("train", "val", "test"), p.videos, strict=True):
+            for _ in range(n_videos):
+                vid = f"{p.collection[:3]}{counter:06d}"
+                counter += 1
+                n = int(rng.integers(p.frames[0], p.frames[1] + 1))
+                scene = scenes[rng.integers(len(scenes))]
+                frames = 0.5 * scene + p.frame_noise * rng.standard_normal((n, p.visual_dim)).astype(np.float32)
+                n_events = int(rng.integers(p.events[0], p.events[1] + 1))
+                bounds = np.sort(rng.choice(np.arange(1, n), size=min(2 * n_events, n - 1), replace=False))
+                spans = [(int(bounds[i]), int(bounds[i + 1])) for i in range(0, len(bounds) - 1, 2)]
+                if not spans:
+                    spans = [(0, n)]
+                events = []
+                for k, (s, e) in enumerate(spans):
+                    topic, attr = int(rng.integers(p.topics)), int(rng.integers(p.attributes))
+                    frames[s:e] += p.event_strength * topic_v[topic] + p.attribute_strength * attr_v[attr]
+                    n_tok = int(rng.integers(p.tokens[0], p.tokens[1] + 1))
+                    mix = rng.random((n_tok, 1)).astype(np.float32)
+                    tokens = (mix * topic_t[topic] + (1 - mix) * 0.5 * attr_t[attr]
+                              + words[rng.integers(len(words), size=n_tok)]
+                              + p.token_noise * rng.standard_normal((n_tok, p.text_dim)).astype(np.float32))
+                    cap_id = f"{vid}#enc#{k}"
+                    text = f"someone {topic_phrase(topic)} {ATTRIBUTES[attr % len(ATTRIBUTES)]}"
+                    out.add_caption(split, cap_id, text, tokens)
+                    events.append({"cap_id": cap_id, "topic": topic, "attribute": attr, "frames": [s, e]})
+                # one feature per second, stamped at the middle of its second (as `prvr extract` records videos)
+                out.add_video(vid, frames, {"duration": float(n), "frame_times": [i + 0.5 for i in range(n)]})
+                moments[vid] = {"n_frames": n, "events": events}
+        out.add_json("synthetic.json", {"preset": asdict(p), "moments": moments})
     if bigfile:
-        write_bigfile(layout)
-    return layout
-
-
-def write_bigfile(layout: DatasetLayout) -> None:
-    """Also write feature.hdf5's content in the BigFile form (feature.bin, id.txt, shape.txt), streaming."""
-    v2f = read_video2frames(layout.video2frames_file)
-    with h5py.File(layout.feature_hdf5, "r") as h5:
-        dim = next(iter(h5.values())).shape[1]
-        rows, names = 0, []
-        with atomic_path(layout.feature_dir / "feature.bin") as tmp, open(tmp, "wb") as f:
-            for vid, fids in v2f.items():
-                h5[vid][...].astype("<f4").tofile(f)
-                names.extend(fids)
-                rows += len(fids)
-    write_text_atomic(layout.feature_dir / "id.txt", " ".join(names))
-    write_text_atomic(layout.feature_dir / "shape.txt", f"{rows} {dim}")
+        write_bigfile(out.layout)
+    return out.layout
 
 
 def synthetic_info(layout: DatasetLayout) -> dict:

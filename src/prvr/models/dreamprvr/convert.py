@@ -1,4 +1,4 @@
-"""Original DreamPRVR state-dict names -> prvr names, so the authors' checkpoints load into our modules."""
+"""The authors' DreamPRVR release -> prvr: state-dict names and config keys, so their checkpoints load."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import re
 
 import torch
 
-from prvr.config import ModelConfig
-from prvr.errors import CheckpointError
+from prvr.models.original import rename_state, run_mapping
 
 # Applied in order to each original name.
 RULES: list[tuple[str, str]] = [
@@ -51,6 +50,18 @@ RULES: list[tuple[str, str]] = [
 ]
 _COMPILED = [(re.compile(p), r) for p, r in RULES]
 
+# original flat config key -> DreamPRVRConfig field (both the released Configs/*.py names and the model's own)
+MODEL_KEYS = {
+    "hidden_size": "hidden_size", "n_heads": "n_heads", "input_drop": "input_drop", "drop": "drop",
+    "attention_num": "attention_num", "sft_factor": "sft_factor", "num_registers": "num_registers",
+    "timesteps": "timesteps", "num_diffusion_layers": "num_diffusion_layers",
+    "initializer_range": "initializer_range", "clip_scale_w": "clip_scale_w", "frame_scale_w": "frame_scale_w",
+    "perturbation_scale": "perturbation_scale",
+}
+LOSS_FACTOR = ("clip_nce_weight", "frame_nce_weight", "query_diversity_weight",
+               "query_similarity_preservation_weight", "kl_weight", "diffusion_weight")
+NEG_FACTOR = ("diversity_margin", "diversity_alpha", "diversity_lambda")
+
 
 def original_name(name: str) -> str:
     """Map one original state-dict name to ours."""
@@ -61,40 +72,22 @@ def original_name(name: str) -> str:
 
 def convert_state_dict(original: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Rename an original state dict and check it covers `model` exactly, shapes included."""
-    ours = model.state_dict()
-    converted: dict[str, torch.Tensor] = {}
-    for name, value in original.items():
-        if name.startswith("module."):  # saved from DataParallel
-            name = name[len("module."):]
-        new = original_name(name)
-        if new not in ours:
-            raise CheckpointError(f"original weight {name!r} (as {new!r}) has no place in this model configuration")
-        if tuple(value.shape) != tuple(ours[new].shape):
-            raise CheckpointError(f"original weight {name!r}: shape {tuple(value.shape)}, model expects {tuple(ours[new].shape)}")
-        converted[new] = torch.as_tensor(value)
-    missing = sorted(set(ours) - set(converted))
-    if missing:
-        raise CheckpointError(f"original checkpoint lacks {len(missing)} weights, e.g. {missing[0]!r}")
-    return converted
+    return rename_state(original, RULES, model.state_dict())
 
 
-# original flat config key -> ModelConfig field (both the released Configs/*.py names and the model's own)
-CONFIG_KEYS = {
-    "visual_feat_dim": "visual_dim", "visual_input_size": "visual_dim",
-    "q_feat_size": "text_dim", "query_input_size": "text_dim",
-    "hidden_size": "hidden_size", "n_heads": "n_heads", "input_drop": "input_drop", "drop": "drop",
-    "map_size": "map_size", "max_ctx_l": "max_ctx_l", "max_desc_l": "max_desc_l",
-    "attention_num": "attention_num", "sft_factor": "sft_factor", "num_registers": "num_registers",
-    "timesteps": "timesteps", "num_diffusion_layers": "num_diffusion_layers",
-    "initializer_range": "initializer_range", "clip_scale_w": "clip_scale_w", "frame_scale_w": "frame_scale_w",
-    "perturbation_scale": "perturbation_scale",
-}
+def config_mapping(config: dict) -> dict:
+    """The original flat config -> a DreamPRVR run-config mapping."""
+    out = run_mapping(config, MODEL_KEYS)
+    loss = {}
+    for key, names in (("loss_factor", LOSS_FACTOR), ("neg_factor", NEG_FACTOR)):
+        if config.get(key) is not None:
+            loss.update(zip(names, config[key], strict=False))
+    for key, name in (("deterministic_tau", "similarity_tau"), ("margin", "margin"), ("hard_pool_size", "hard_pool_size")):
+        if config.get(key) is not None:
+            loss[name] = config[key]
+    return {**out, "loss": loss}
 
 
-def model_config_from_original(original: dict) -> ModelConfig:
-    cfg = ModelConfig()
-    for key, field_name in CONFIG_KEYS.items():
-        if key in original and original[key] is not None:
-            current = getattr(cfg, field_name)
-            setattr(cfg, field_name, type(current)(original[key]))
-    return cfg
+def convert_original(ckpt: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The authors' checkpoint dict -> our state dict for `model` (built from `config_mapping(ckpt['config'])`)."""
+    return convert_state_dict(ckpt["state_dict"], model)

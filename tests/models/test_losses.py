@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from prvr import losses as L
+from prvr.models import losses as L
 
 
 def random_case(seed, n_videos=6, shuffle=True):

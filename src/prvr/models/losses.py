@@ -1,5 +1,6 @@
-"""DreamPRVR losses: ranking (info-NCE, triplet with random/hard negatives), textual semantic structure
-(query diversity, query similarity preservation), KL of the video sampler, diffusion noise MSE.
+"""Loss terms shared by the MS-SL / GMMFormer / HLFormer / DreamPRVR family: ranking (info-NCE, triplet with
+random or hard negatives), textual semantic structure (query diversity, query similarity preservation), KL of a
+Gaussian, noise MSE. A model's own loss (`models/<name>/loss.py`) weights and combines them.
 
 Every function is batched over queries and videos (no Python loop over items); video membership is
 label equality, never contiguity.
@@ -10,9 +11,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from prvr.config import LossConfig
-
 NEG_INF = float("-inf")
+
+
+def max_similarity(query: torch.Tensor, tokens: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """query (N, D), tokens (B, L, D) -> max over L of cos (or of the dot product) -> (N, B)."""
+    if normalize:
+        query, tokens = F.normalize(query, dim=-1), F.normalize(tokens, dim=-1)
+    return torch.einsum("nd,bld->nbl", query, tokens).max(dim=-1).values  # max, not amax: one argmax gets the grad
+
+
+def segment_mean(x: torch.Tensor, labels: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Mean of rows of x (N, D) grouped by labels (N,) -> (num_segments, D)."""
+    sums = x.new_zeros(num_segments, x.shape[1]).index_add_(0, labels, x)
+    counts = torch.bincount(labels, minlength=num_segments).clamp_min(1).to(x.dtype)
+    return sums / counts[:, None]
 
 
 def positive_mask(labels: torch.Tensor, num_videos: int) -> torch.Tensor:
@@ -109,39 +122,3 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def diffusion_noise_mse(eps_pred: torch.Tensor, eps_true: torch.Tensor) -> torch.Tensor:
     """eps_pred (T, B, K, D) against eps_true (B, K, D), mean over everything."""
     return (eps_pred - eps_true[None]).pow(2).mean()
-
-
-class DreamPRVRLoss:
-    """Weighted sum of all terms; returns (total, {term: unweighted value})."""
-
-    def __init__(self, cfg: LossConfig):
-        if cfg.textual_structure not in ("both", "qdl", "qsp", "none"):
-            raise ValueError(f"loss.textual_structure must be both|qdl|qsp|none, got {cfg.textual_structure!r}")
-        self.cfg = cfg
-
-    def __call__(self, out, labels: torch.Tensor, hard_negative: bool = False,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from prvr.models.dreamprvr.model import max_similarity
-
-        c = self.cfg
-        lf = c.loss_factor
-        q, vids = out.query, out.videos
-        terms: dict[str, tuple[float, torch.Tensor]] = {}
-        for scale, tokens, w in (("clip", vids.clip, lf[0]), ("frame", vids.frame, lf[1])):
-            raw = max_similarity(q, tokens, normalize=False)  # (N, B)
-            cos = max_similarity(q, tokens, normalize=True)
-            terms[f"{scale}_nce"] = (w, info_nce(raw, labels))
-            terms[f"{scale}_triplet"] = (1.0, triplet_ranking(cos, labels, c.margin, hard_negative, c.hard_pool_size,
-                                                              generator))
-        if c.textual_structure in ("both", "qdl"):
-            m, a, lam = c.neg_factor
-            terms["query_diversity"] = (lf[2], query_diversity(out.query_first, labels, m, a, lam))
-        if c.textual_structure in ("both", "qsp"):
-            terms["query_similarity_preservation"] = (lf[3], query_similarity_preservation(
-                out.query_first, labels, c.deterministic_tau))
-        if out.mu is not None:
-            terms["kl"] = (lf[4], kl_divergence(out.mu, out.logvar))
-        if out.eps_pred is not None:
-            terms["diffusion"] = (lf[5], diffusion_noise_mse(out.eps_pred, out.eps_true))
-        total = sum(w * v for w, v in terms.values())
-        return total, {k: v.detach() for k, (_, v) in terms.items()}

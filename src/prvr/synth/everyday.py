@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from prvr.data.layout import DatasetLayout
-from prvr.io import atomic_path, write_json_atomic, write_text_atomic
+from prvr.data.writer import DatasetWriter
 
 ACTIVITIES = """cooking at the stove|chopping vegetables on a board|washing dishes in the sink|drying plates with a towel
 pouring coffee into a mug|making a sandwich|taking a pizza out of the oven|opening the fridge|stirring soup in a pot
@@ -91,15 +90,12 @@ def write_everyday(root: str | Path, videos: tuple[int, int, int] = VIDEOS, visu
         return v / np.linalg.norm(v) * np.sqrt(visual_dim)
 
     act_v, scene_v = np.stack([visual(e) for e in act_emb]), np.stack([visual(e) for e in scene_emb])
-    layout = DatasetLayout(Path(root), "everyday", "projected")
-    layout.text_dir.mkdir(parents=True, exist_ok=True)
-    layout.feature_dir.mkdir(parents=True, exist_ok=True)
-    v2f, info, moments, captions = {}, {}, {}, {}
-    sentences: list[tuple[str, str]] = []
-    with atomic_path(layout.feature_hdf5) as vtmp, h5py.File(vtmp, "w") as vh5:
+    moments: dict[str, list] = {}
+    sentences: list[tuple[str, str, str]] = []  # split, cap_id, text
+    with DatasetWriter(root, "everyday", "projected") as out:
         counter = 0
         for split, n_videos in zip(("train", "val", "test"), videos, strict=True):
-            lines, pool = [], []  # activities are dealt from shuffled decks: each split covers them evenly
+            pool: list[int] = []  # activities are dealt from shuffled decks: each split covers them evenly
             for _ in range(n_videos):
                 vid = f"day{counter:05d}"
                 counter += 1
@@ -115,24 +111,14 @@ def write_everyday(root: str | Path, videos: tuple[int, int, int] = VIDEOS, visu
                     a = pool.pop()
                     feats[s:e] += act_v[a]
                     cap_id = f"{vid}#enc#{k}"
-                    text = f"{SUBJECTS[rng.integers(len(SUBJECTS))]} {ACTIVITIES[a]}"
-                    lines.append(f"{cap_id} {text}")
-                    sentences.append((cap_id, text))
+                    sentences.append((split, cap_id, f"{SUBJECTS[rng.integers(len(SUBJECTS))]} {ACTIVITIES[a]}"))
                     events.append({"cap_id": cap_id, "activity": ACTIVITIES[a], "seconds": [s, e]})
-                vh5.create_dataset(vid, data=feats.astype(np.float32))
-                v2f[vid] = [f"{vid}_{i}" for i in range(n)]
-                info[vid] = {"duration": float(n), "frame_times": [i + 0.5 for i in range(n)]}
+                out.add_video(vid, feats, {"duration": float(n), "frame_times": [i + 0.5 for i in range(n)]})
                 moments[vid] = events
-            captions[split] = lines
-    tokens = enc.encode([t for _, t in sentences])
-    with atomic_path(layout.query_feature_file) as qtmp, h5py.File(qtmp, "w") as qh5:
-        for (cap_id, _), tok in zip(sentences, tokens, strict=True):
-            qh5.create_dataset(cap_id, data=tok.astype(np.float32))
-    for split, lines in captions.items():
-        write_text_atomic(layout.caption_file(split), "\n".join(lines) + "\n")
-    write_text_atomic(layout.video2frames_file, repr(v2f))
-    write_json_atomic(layout.video_info_file, info)
-    write_json_atomic(layout.text_dir / "text_encoder.json", enc.spec)
-    write_json_atomic(layout.base / "synthetic.json", {"preset": "everyday", "moments": moments,
-                                                       "note": "frame features are projected sentence embeddings"})
-    return layout
+        tokens = enc.encode([t for _, _, t in sentences])
+        for (split, cap_id, text), tok in zip(sentences, tokens, strict=True):
+            out.add_caption(split, cap_id, text, tok)
+        out.set_text_encoder(enc.spec)
+        out.add_json("synthetic.json", {"preset": "everyday", "moments": moments,
+                                        "note": "frame features are projected sentence embeddings"})
+    return out.layout

@@ -1,0 +1,3 @@
+from prvr.cli import main
+
+main()

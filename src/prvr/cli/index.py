@@ -1,0 +1,98 @@
+"""prvr index build · prvr index add · prvr index ann · prvr search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prvr.cli.common import Device, Feature, app, console, index_app
+from prvr.errors import PrvrError
+
+IndexOut = Annotated[Path, typer.Option(help="index directory")]
+Checkpoint = Annotated[Path, typer.Option(help="prvr checkpoint (.safetensors)")]
+Data = Annotated[Path, typer.Option(help="dataset root")]
+CollectionOpt = Annotated[str | None, typer.Option(help="default: from the checkpoint")]
+QuietBar = Annotated[bool, typer.Option(help="no progress bar")]
+
+
+def _index_cmd(checkpoint: Path, data: Path, out: Path, split: str, collection: str | None, feature: str | None,
+               device: str, quiet: bool, adding: bool) -> None:
+    from prvr.data.layout import DatasetLayout
+    from prvr.device import resolve_device
+    from prvr.index.build import build_index
+    from prvr.models.checkpoint import load_config
+
+    if adding and not (out / "manifest.json").exists():
+        raise PrvrError(f"{out}: no index to add to (build it with `prvr index build`)")
+    cfg = load_config(checkpoint)
+    layout = DatasetLayout(data, collection or cfg.data.collection, feature or cfg.data.visual_feature)
+    if split != "all" and not layout.caption_file(split).exists():
+        raise PrvrError(f"{layout.caption_file(split)}: caption file for split {split!r} not found")
+    m = build_index(checkpoint, layout, split, out, resolve_device(device), progress=not quiet)
+    console.print(f"{out}: {m['n_videos']} videos in {len(m['shards'])} shard(s)")
+
+
+@index_app.command("build")
+def index_build(checkpoint: Checkpoint, data: Data, out: IndexOut,
+                split: Annotated[str, typer.Option(help="caption split whose videos are indexed, or all")] = "test",
+                collection: CollectionOpt = None, feature: Feature = None, device: Device = "auto",
+                quiet: QuietBar = False):
+    """Encode every video of a split once and store its tokens (float16, memory-mapped). Re-running resumes."""
+    _index_cmd(checkpoint, data, out, split, collection, feature, device, quiet, adding=False)
+
+
+@index_app.command("add")
+def index_add(checkpoint: Annotated[Path, typer.Option(help="the checkpoint the index was built with")],
+              data: Data, out: IndexOut,
+              split: Annotated[str, typer.Option(help="caption split whose videos are added")] = "test",
+              collection: CollectionOpt = None, feature: Feature = None, device: Device = "auto",
+              quiet: QuietBar = False):
+    """Append the videos of another split or dataset to an existing index (ids already present are skipped)."""
+    _index_cmd(checkpoint, data, out, split, collection, feature, device, quiet, adding=True)
+
+
+@index_app.command("ann")
+def index_ann(index: Annotated[Path, typer.Argument(help="index directory")],
+              nlist: Annotated[int | None, typer.Option(help="inverted lists (default ~4 sqrt(tokens))")] = None):
+    """Build the approximate stage over every token (FAISS) for large collections; search then re-ranks exactly."""
+    from prvr.index.ann import build_ann
+
+    meta = build_ann(index, nlist)
+    console.print(f"{index}: ANN over {meta['n_tokens']} tokens of {meta['n_videos']} videos ({meta['nlist']} lists)")
+
+
+@app.command()
+def search(index: Annotated[Path, typer.Argument(help="index directory")],
+           text: Annotated[str | None, typer.Argument(help="free-text query (needs an index with a text encoder)")] = None,
+           query_id: Annotated[str | None, typer.Option("--query-id", help="search with this caption's precomputed features")] = None,
+           data: Annotated[Path | None, typer.Option(help="dataset root holding that caption's features")] = None,
+           top_k: Annotated[int, typer.Option("--top-k", "-k", help="number of results")] = 10,
+           json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+           exact: Annotated[bool, typer.Option(help="score every video even when an ANN stage exists")] = False,
+           device: Device = "cpu"):
+    """Rank the indexed videos for a query; each hit shows its best moment."""
+    from rich.table import Table
+
+    from prvr.device import resolve_device
+    from prvr.index.search import Retriever
+
+    if (text is None) == (query_id is None):
+        raise PrvrError("give either a free-text query or --query-id (with --data)")
+    if query_id is not None and data is None:
+        raise PrvrError("--query-id needs --data ROOT (the dataset holding its features)")
+    retriever = Retriever(index, resolve_device(device))
+    tokens = retriever.encode_text(text) if text is not None else retriever.query_features(data, query_id)
+    hits = retriever.search_tokens(tokens, top_k, exact=exact or None)
+    if json_out:
+        print(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    t = Table(title=f"{text or query_id} in {index}")
+    for col in ("rank", "video", "score", "moment (s)", "best frame (s)"):
+        t.add_column(col)
+    for r, h in enumerate(hits, 1):
+        moment = f"{h.start:.1f}-{h.end:.1f}" if h.start is not None else f"frames {h.frames[0]}-{h.frames[1]}"
+        t.add_row(str(r), h.video_id, f"{h.score:.4f}", moment, "" if h.frame_time is None else f"{h.frame_time:.1f}")
+    console.print(t)

@@ -1,0 +1,124 @@
+"""prvr train · prvr eval · prvr convert-checkpoint · prvr models · prvr presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prvr.cli.common import Device, Feature, Quiet, app, console
+from prvr.errors import PrvrError
+
+ModelName = Annotated[str | None, typer.Option("--model", "-m", help="registered model (see `prvr models`); default dreamprvr")]
+
+
+@app.command()
+def train(preset: Annotated[str | None, typer.Option(help="dataset preset of the model: activitynet | charades | tvr")] = None,
+          model: ModelName = None,
+          data: Annotated[Path | None, typer.Option(help="dataset root")] = None,
+          out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/prvr"),
+          config: Annotated[Path | None, typer.Option(help="YAML file overriding the preset")] = None,
+          set_: Annotated[list[str] | None, typer.Option("--set", help="section.key=value, repeatable")] = None,
+          epochs: Annotated[int | None, typer.Option(help="shortcut for --set train.epochs=N")] = None,
+          seed: Annotated[int | None, typer.Option(help="shortcut for --set train.seed=N")] = None,
+          resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+          device: Device = "auto", quiet: Quiet = False,
+          amp: Annotated[bool, typer.Option(help="shortcut for --set train.amp=true (bf16 autocast)")] = False):
+    """Train a model with the original optimisation; best/last checkpoints and metrics.jsonl in --out."""
+    from prvr.config import parse_set, read_yaml
+    from prvr.device import resolve_device
+    from prvr.eval.report import metrics_table
+    from prvr.models.presets import config_from_dict, resolve
+    from prvr.train.loop import train as run_train
+
+    overrides = [parse_set(s) for s in set_ or []]  # typed shortcuts below are set as values, not re-parsed text
+    overrides += [(k, v) for k, v in (("train.epochs", epochs), ("train.seed", seed)) if v is not None]
+    if data is not None:
+        overrides.append(("data.root", str(data)))
+    if amp:
+        overrides.append(("train.amp", True))
+    if resume and (out / "config.yaml").exists() and not (preset or config or set_ or amp or model):
+        cfg = config_from_dict(read_yaml(out / "config.yaml"), where=str(out / "config.yaml"))
+    else:
+        cfg = resolve(model, preset, config, overrides)
+    res = run_train(cfg, out, resolve_device(device), resume=resume, progress=not quiet)
+    if res.best_metrics:
+        console.print(metrics_table({f"best (epoch {res.best_epoch})": res.best_metrics}))
+    console.print(f"checkpoints in {res.out_dir}")
+
+
+@app.command("eval")
+def evaluate_cmd(checkpoint: Annotated[Path, typer.Option(help="prvr checkpoint (.safetensors)")],
+                 data: Annotated[Path, typer.Option(help="dataset root")],
+                 split: Annotated[str, typer.Option(help="val | test | train")] = "test",
+                 collection: Annotated[str | None, typer.Option(help="default: from the checkpoint")] = None,
+                 feature: Feature = None,
+                 save_scores: Annotated[Path | None, typer.Option(help="write the (queries x videos) matrix (.npy)")] = None,
+                 json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics as JSON")] = None,
+                 device: Device = "auto", quiet: Quiet = False,
+                 amp: Annotated[bool, typer.Option(help="encode under bf16 autocast (faster, not bit-faithful)")] = False):
+    """Evaluate a checkpoint on a split: R@1/5/10/100 and SumR, the original protocol."""
+    from prvr.data.layout import DatasetLayout
+    from prvr.device import resolve_device
+    from prvr.eval.evaluator import evaluate
+    from prvr.eval.evaluator import save_scores as write_scores
+    from prvr.eval.report import metrics_table
+    from prvr.io import write_json_atomic
+    from prvr.models.checkpoint import load_checkpoint
+
+    dev = resolve_device(device)
+    model, cfg, _ = load_checkpoint(checkpoint, dev)
+    layout = DatasetLayout(data, collection or cfg.data.collection, feature or cfg.data.visual_feature)
+    if not layout.caption_file(split).exists():
+        raise PrvrError(f"{layout.caption_file(split)}: caption file for split {split!r} not found")
+    res = evaluate(model, layout, split, cfg.train.eval_context_bsz, cfg.train.eval_query_bsz, dev,
+                   keep_scores=save_scores is not None, progress=not quiet, amp=amp)
+    console.print(metrics_table({f"{layout.collection} {split}": res.metrics},
+                                f"{len(res.query_ids)} queries x {len(res.video_ids)} videos"))
+    if save_scores is not None:
+        write_scores(save_scores, res.scores)
+        console.print(f"scores written to {save_scores} (rows: caption-file order, columns: first appearance)")
+    if json_out is not None:
+        write_json_atomic(json_out, {"checkpoint": str(checkpoint), "split": split, "collection": layout.collection,
+                                     "model": cfg.model_name, "n_queries": len(res.query_ids),
+                                     "n_videos": len(res.video_ids), **res.metrics})
+
+
+@app.command("convert-checkpoint")
+def convert_checkpoint(src: Annotated[Path, typer.Argument(help="authors' checkpoint (torch file, loaded weights-only)")],
+                       out: Annotated[Path, typer.Argument(help="output prvr checkpoint (.safetensors)")],
+                       model: ModelName = None):
+    """Import a checkpoint of the authors' release of a model into a prvr checkpoint."""
+    from prvr.models.checkpoint import import_original_checkpoint
+    from prvr.models.registry import DEFAULT_MODEL
+
+    cfg = import_original_checkpoint(src, out, model or DEFAULT_MODEL)
+    console.print(f"wrote {out} ({cfg.model_name}, {cfg.data.collection})")
+
+
+@app.command()
+def models():
+    """List the registered models and their dataset presets."""
+    from rich.table import Table
+
+    from prvr.models import get_entry, model_names
+
+    t = Table(title="models (prvr train --model NAME --preset DATASET)")
+    for col in ("model", "presets", "authors' checkpoints", "what it is"):
+        t.add_column(col)
+    for name in model_names():
+        e = get_entry(name)
+        t.add_row(name, ", ".join(e.preset_names()), "yes" if e.original_state else "no", e.summary)
+    console.print(t)
+
+
+@app.command()
+def presets(model: ModelName = None):
+    """List a model's training presets and the synthetic data presets."""
+    from prvr.models.presets import preset_names
+    from prvr.models.registry import DEFAULT_MODEL
+    from prvr.synth.synthetic import PRESETS
+
+    console.print(f"training presets of {model or DEFAULT_MODEL}: " + ", ".join(preset_names(model or DEFAULT_MODEL)))
+    console.print("synthetic presets: " + ", ".join([*PRESETS, "everyday"]))

@@ -1,0 +1,265 @@
+"""The contract every prvr model meets, and the representations it exchanges with the rest of the system.
+
+Callers (trainer, evaluator, index build, search, serve) rely on this module and on the registry, never on a
+particular model:
+
+- `Model(cfg)`: built from its own typed config (a `prvr.config.ModelConfig` subclass).
+- `encode_videos(batch) -> VideoRepr`: query-independent, what an index stores: named token sets (clip
+  cells, frames, clip proposals, ...), each described by a `TokenLayout` that maps a token to a time span.
+- `encode_queries(batch) -> QueryRepr`: per query one or several weighted vectors, each aimed at a token set.
+- `score(queries, videos) -> (N, B)`; by default the weighted max-similarity
+  score = sum_s w_s * sum_{rows m aimed at s} a_m * max_l cos(q_m, token_{s,l}), which the index reproduces by
+  scaling each query row by w_s * a_m. A model whose score is not of that form overrides `score` and sets
+  `scores_by_max_similarity = False`; the index then scores it exactly through `score`.
+- `best_tokens(queries, videos)`: per token set, the token behind the score (the moment of a hit).
+- `forward_train(batch) -> outputs`, turned into named loss terms by the model's loss (`ModelLoss`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prvr.config import LossConfig, ModelConfig
+from prvr.data.preprocess import cell_frames
+
+NEG_INF = float("-inf")
+
+
+# ------------------------------------------------------------------------------------------------ time spans
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the tokens of one set lie in time.
+
+    `cells`: the size of the grid laid over a video's n raw frames (32 clip cells, 128 frame slots).
+    `ragged`: tokens are the frame sequence: one token per raw frame while n <= cells, pooled cells beyond, and
+    a video has min(n, cells) of them; otherwise every video has one token per grid cell (or per proposal).
+    `proposals`: token i covers grid cells [a_i, b_i) (e.g. MS-SL's multi-scale clips); None: token i is cell i.
+    `pads_score_zero`: a video with fewer tokens than `cells` also scores 0 in the max (the zeroed padding of
+    the original implementations enters their max); otherwise padding never scores.
+    """
+
+    cells: int
+    ragged: bool = False
+    proposals: tuple[tuple[int, int], ...] | None = None
+    pads_score_zero: bool = False
+
+    @property
+    def capacity(self) -> int:
+        return len(self.proposals) if self.proposals is not None else self.cells
+
+    def frame_rows(self, n_raw: int, token: int) -> tuple[int, int]:
+        """Raw frame rows [lo, hi) that token `token` covers in a video of n_raw frames."""
+        if self.proposals is not None:
+            a, b = self.proposals[token]
+            return cell_frames(n_raw, self.cells, a, b - 1)
+        if self.ragged and n_raw <= self.cells:
+            return token, token + 1
+        return cell_frames(n_raw, self.cells, token)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cells": self.cells, "ragged": self.ragged, "pads_score_zero": self.pads_score_zero,
+                "proposals": None if self.proposals is None else [list(p) for p in self.proposals]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenLayout:
+        props = d.get("proposals")
+        return cls(int(d["cells"]), bool(d.get("ragged", False)),
+                   None if props is None else tuple((int(a), int(b)) for a, b in props),
+                   bool(d.get("pads_score_zero", False)))
+
+
+# ------------------------------------------------------------------------------------------------ representations
+@dataclass
+class TokenSet:
+    tokens: torch.Tensor  # (B, L, D)
+    mask: torch.Tensor | None = None  # (B, L), 1 = a real token; None: every position is real
+
+
+@dataclass
+class VideoRepr:
+    """Query-independent video representation: named token sets, in the model's `token_layouts()` order."""
+
+    sets: dict[str, TokenSet]
+    normalized: bool = False
+
+    def __len__(self) -> int:
+        return next(iter(self.sets.values())).tokens.shape[0]
+
+    def map(self, fn) -> VideoRepr:
+        """Apply fn to every tensor (tokens and masks)."""
+        return VideoRepr({k: TokenSet(fn(s.tokens), None if s.mask is None else fn(s.mask))
+                          for k, s in self.sets.items()}, self.normalized)
+
+    def normalize(self) -> VideoRepr:
+        if self.normalized:
+            return self
+        return VideoRepr({k: TokenSet(F.normalize(s.tokens, dim=-1), s.mask) for k, s in self.sets.items()}, True)
+
+    @staticmethod
+    def cat(parts: Sequence[VideoRepr]) -> VideoRepr:
+        first = parts[0]
+        return VideoRepr({k: TokenSet(torch.cat([p.sets[k].tokens for p in parts]),
+                                      None if s.mask is None else torch.cat([p.sets[k].mask for p in parts]))
+                          for k, s in first.sets.items()}, first.normalized)
+
+
+@dataclass
+class QueryRepr:
+    """Per query M weighted vectors; row m is scored against token set `targets[m]` with weight a_m >= 0."""
+
+    vectors: torch.Tensor  # (N, M, D)
+    weights: torch.Tensor  # (N, M), 0 for padding rows
+    targets: tuple[str, ...]  # (M,)
+    normalized: bool = False
+
+    def __len__(self) -> int:
+        return self.vectors.shape[0]
+
+    def __getitem__(self, rows: slice) -> QueryRepr:
+        return replace(self, vectors=self.vectors[rows], weights=self.weights[rows])
+
+    def map(self, fn) -> QueryRepr:
+        return replace(self, vectors=fn(self.vectors), weights=fn(self.weights))
+
+    def normalize(self) -> QueryRepr:
+        return self if self.normalized else replace(self, vectors=F.normalize(self.vectors, dim=-1), normalized=True)
+
+    def rows_for(self, target: str) -> list[int]:
+        return [m for m, t in enumerate(self.targets) if t == target]
+
+    @staticmethod
+    def single(query: torch.Tensor, targets: Sequence[str]) -> QueryRepr:
+        """One vector per query (N, D), used against every token set in `targets`."""
+        N = query.shape[0]
+        return QueryRepr(query[:, None].expand(N, len(targets), query.shape[-1]), query.new_ones(N, len(targets)),
+                         tuple(targets))
+
+    @staticmethod
+    def cat(parts: Sequence[QueryRepr]) -> QueryRepr:
+        """Concatenate over queries; rows are padded to the longest part with zero-weight rows."""
+        M = max(p.vectors.shape[1] for p in parts)
+        longest = max(parts, key=lambda p: p.vectors.shape[1])
+
+        def pad(p: QueryRepr) -> QueryRepr:
+            extra = M - p.vectors.shape[1]
+            if extra == 0:
+                return p
+            if p.targets != longest.targets[:len(p.targets)]:
+                raise ValueError("query parts with different row targets cannot be concatenated")
+            return replace(p, vectors=F.pad(p.vectors, (0, 0, 0, extra)), weights=F.pad(p.weights, (0, extra)),
+                           targets=longest.targets)
+
+        parts = [pad(p) for p in parts]
+        return replace(parts[0], vectors=torch.cat([p.vectors for p in parts]),
+                       weights=torch.cat([p.weights for p in parts]))
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def set_similarities(queries: QueryRepr, tokens: TokenSet, layout: TokenLayout, rows: list[int]) -> torch.Tensor:
+    """cos of the given query rows against every token of one set: (N, M_s, B, L); padding masked per layout."""
+    sims = torch.einsum("nmd,bld->nmbl", queries.vectors[:, rows], tokens.tokens)
+    if tokens.mask is not None and not layout.pads_score_zero:
+        sims = sims.masked_fill(tokens.mask[None, None] == 0, NEG_INF)
+    return sims
+
+
+def max_similarity_scores(queries: QueryRepr, videos: VideoRepr, layouts: dict[str, TokenLayout]
+                          ) -> dict[str, torch.Tensor]:
+    """Per token set s: sum over the rows aimed at s of a_m * max_l cos(q_m, token_{s,l}) -> (N, B) each."""
+    q, v = queries.normalize(), videos.normalize()
+    out = {}
+    for name, layout in layouts.items():
+        rows = q.rows_for(name)
+        best = set_similarities(q, v.sets[name], layout, rows).amax(dim=-1)  # (N, M_s, B)
+        out[name] = torch.einsum("nmb,nm->nb", best, q.weights[:, rows])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the contract
+class PRVRModel(nn.Module):
+    """Base class of every registered model. Subclasses implement the abstract methods below."""
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    scores_by_max_similarity: ClassVar[bool] = True
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if not isinstance(cfg, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(cfg).__name__}")
+        self.cfg = cfg
+
+    # --- what the index stores and how it is scored
+    def token_layouts(self) -> dict[str, TokenLayout]:
+        raise NotImplementedError
+
+    def score_weights(self) -> dict[str, float]:
+        """w_s per token set (non-negative)."""
+        raise NotImplementedError
+
+    # --- inference
+    def encode_videos(self, batch) -> VideoRepr:
+        """batch: a `prvr.data.datasets.Batch` with clip (B, Kc, Dv), frames (B, F, Dv), frame_mask (B, F)."""
+        raise NotImplementedError
+
+    def encode_queries(self, batch) -> QueryRepr:
+        """batch: a `Batch` with text (N, Lq, Dq) and text_mask (N, Lq)."""
+        raise NotImplementedError
+
+    def set_scores(self, queries: QueryRepr, videos: VideoRepr) -> dict[str, torch.Tensor]:
+        """Per token set, its unweighted score (N, B)."""
+        return max_similarity_scores(queries, videos, self.token_layouts())
+
+    def score(self, queries: QueryRepr, videos: VideoRepr) -> torch.Tensor:
+        """The retrieval score (N, B)."""
+        per_set = self.set_scores(queries, videos)
+        return sum(w * per_set[name] for name, w in self.score_weights().items())
+
+    def best_tokens(self, queries: QueryRepr, videos: VideoRepr) -> dict[str, torch.Tensor]:
+        """Per token set, the index of the token that decides its score, (N, B): the moment of a hit. With several
+        rows aimed at a set, the token of the row that contributes most."""
+        q, v = queries.normalize(), videos.normalize()
+        out = {}
+        for name, layout in self.token_layouts().items():
+            rows = q.rows_for(name)
+            best, arg = set_similarities(q, v.sets[name], layout, rows).max(dim=-1)  # (N, M_s, B)
+            top = (best * q.weights[:, rows, None]).argmax(dim=1, keepdim=True)  # (N, 1, B)
+            out[name] = arg.gather(1, top).squeeze(1)
+        return out
+
+    # --- training
+    def forward_train(self, batch) -> Any:
+        """All tensors the model's loss needs, for a `Batch` with video and query fields and labels."""
+        raise NotImplementedError
+
+    def set_recompute(self, videos: int) -> None:
+        """Optionally trade compute for memory in training (recompute activations in backward, `videos` at a
+        time; 0: keep them). Results must not change. The default keeps everything."""
+
+
+@dataclass
+class TrainStep:
+    """What a loss may know about the step it is computed in."""
+
+    epoch: int = 0
+    hard_negative: bool = False
+    generator: torch.Generator | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelLoss:
+    """A model's loss: named, unweighted terms and their weighted total."""
+
+    config_class: ClassVar[type[LossConfig]] = LossConfig
+
+    def __init__(self, cfg: LossConfig, model_cfg: ModelConfig):
+        self.cfg, self.model_cfg = cfg, model_cfg
+
+    def __call__(self, outputs: Any, labels: torch.Tensor, step: TrainStep) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-> (weighted total, {term: unweighted value, detached})."""
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Synthetic benchmarks in the release layout: generators, not readers."""
