@@ -258,7 +258,7 @@ def losses_golden(m: dict, small: dict[str, np.ndarray], small_meta: dict, cha: 
             criterion.cfg["use_hard_negative"] = hard
             total, dre = loss_probe.run(input_list, batch)
             terms = loss_probe.terms(input_list)
-            check = float((weighted_total(terms, cfg["loss_factor"]) - total).abs())
+            check = float((weighted_total(terms, cfg["loss_factor"]) - total).detach().abs())
             print(f"losses ({mode}): total {float(total):.6f}, recomposed from the terms: |diff| = {check:.3g}")
             assert check < 1e-6, check
             for name in TERMS:
@@ -395,7 +395,7 @@ def steps_golden(m: dict, cha: dict, work: Path) -> tuple[dict, dict, dict]:
         k = current["k"]
         hard = bool(criterion.cfg["use_hard_negative"])
         terms = loss_probe.terms(input_list)
-        assert float((weighted_total(terms, cfg["loss_factor"]) - total).abs()) < 1e-6
+        assert float((weighted_total(terms, cfg["loss_factor"]) - total).detach().abs()) < 1e-6
         for name in TERMS:
             arrays[f"step/{k}/loss/{name}"] = to_np(terms[name])
         arrays[f"step/{k}/loss/total"] = to_np(total)
