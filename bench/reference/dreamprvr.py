@@ -292,7 +292,7 @@ def write_dataset(root: Path, cfg: dict, rng: np.random.Generator) -> dict:
     text_dir, feat_dir = root / col / "TextData", root / col / "FeatureData" / cfg["visual_feature"]
     text_dir.mkdir(parents=True)
     feat_dir.mkdir(parents=True)
-    n_frames = [7, 150, 40, 24, 33, 61, 12, 90, 45, 18, 64, 36, 55]  # < 32 (repeated cells), > 128 (sampled), ...
+    n_frames = [7, 150, 40, 24, 33, 61, 12, 48, 45, 18, 64, 36, 55]  # < 32 (repeated cells), > 128 (sampled), ...
     n_caps = [1, 2, 3, 1, 2, 3, 2, 1, 3, 2, 1, 2, 3]
     assert len(n_frames) == len(n_caps) == N_VIDEOS
     lines, info = [], {"videos": [], "captions": {}}
