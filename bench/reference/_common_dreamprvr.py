@@ -4,7 +4,7 @@ Nothing of the original is copied here: `load_original(path)` puts the `src/` fo
 line on `sys.path` and applies these runtime patches (no file of the original is edited):
 
 1. `torch.Tensor.cuda = lambda self, *a, **k: self`: the original moves tensors with `.cuda()`
-   (`generate_gauss_weight`, `query_diverse_loss`, `Utils.utils.gpu`); on CPU they stay where they are.
+   (`generate_gauss_weight`, `query_diverse_loss`, `Utils.utils.gpu`, `eval_q2m`); on CPU they stay put.
 2. Empty stand-in modules for `ipdb`, `seaborn`, `matplotlib`, `matplotlib.pyplot`: imported at module level
    by `main.py`, `Utils/*.py`, `Datasets/builder.py`, `Validations/validations.py`, never used on the paths run.
 3. `sys.argv = ["main.py"]` while `main` is imported (it parses arguments at import time); its default

@@ -7,8 +7,8 @@
 imported at run time and never copied. Runtime patches (see `_common_dreamprvr.py` for the details):
 `torch.Tensor.cuda` is the identity; `ipdb`, `seaborn`, `matplotlib(.pyplot)` are empty stand-in modules;
 `sys.argv` is `["main.py"]` while `main` is imported; `tqdm` in `main` and `Validations.validations` is
-given `disable=True`; `Configs/cha.py` is not imported (it
-creates /data2/... folders at import) but its `cfg[...] = ...` statements are evaluated from its syntax tree.
+given `disable=True`; `Configs/cha.py` is not imported (it creates /data2/... folders at import) but its
+`cfg[...] = ...` statements are evaluated from its syntax tree.
 Recording wrappers (return values unchanged) on `torch.distributions.Normal.sample`, `torch.randint`,
 `Opts.optimization.clip_grad_norm_`, and on a few bound methods/modules of the model and the loss.
 
