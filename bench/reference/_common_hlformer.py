@@ -199,7 +199,8 @@ class LossProbe:
                      entailment=torch.clamp(cur["video_angle"] - cur["video_aperture"], min=0).mean())
         # the original's total, re-added in its own order from the recorded terms: must be bit-identical
         f = self.criterion.cfg["loss_factor"]
-        loss_sim = f[0] * terms["clip_nce"] + terms["clip_trip"] + f[1] * terms["frame_nce"] + terms["frame_trip"]
+        loss_sim = (f[0] * terms["clip_nce"] + terms["clip_trip"]
+                    + f[1] * terms["frame_nce"] + terms["frame_trip"])
         again = loss_sim + f[2] * terms["query_diversity"] + f[3] * terms["entailment"]
         assert torch.equal(again, cur["total"]), (again, cur["total"])
         draws = {}
@@ -233,7 +234,8 @@ def triplet_draws(t: dict[str, Any]) -> dict[str, np.ndarray]:
     masked[rows, torch.as_tensor(labels)] = 999
     _, order = torch.sort(masked, descending=True, dim=1)
     out = dict(t2v=t2v.numpy().astype(np.int64), t2v_neg_video=order[rows, t2v].numpy().astype(np.int64),
-               v2t_neg_query=np.array(v2t_neg, np.int64), t2v_high=np.array(int(draws[-1]["args"][1]), np.int64))
+               v2t_neg_query=np.array(v2t_neg, np.int64),
+               t2v_high=np.array(int(draws[-1]["args"][1]), np.int64))
     if not t["hard"]:
         out["v2t"] = np.array(v2t_draws, np.int64)
         out["v2t_high"] = np.array([d["args"][1] for d in draws[:-1]], np.int64)

@@ -33,7 +33,6 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _common_hlformer import TERM_FACTOR, TERMS, LossProbe, load_config, load_original, to_np, write_npz
 
 MIRROR_COMMIT = "332a0245e712ed59e2da172440b09d54fd4d5a5a"
@@ -41,7 +40,8 @@ SMALL = dict(q_feat_size=40, hidden_size=64, n_heads=4, lorentz_dim=31)  # visua
 STEPS = dict(q_feat_size=20, hidden_size=32, n_heads=4, lorentz_dim=15)  # visual 24
 FULL_VISUAL_DIM = {"cha": 1024, "tvr": 3072, "act": 1024}  # i3d_rgb_lgi / i3d_resnet / i3d feature sizes
 ISSUE_COUNTS = {"cha": 28_429_244, "tvr": 29_911_484, "act": 28_429_244}
-# the original config's absolute paths are kept in every config written out; only these are swapped while running
+# the original config's absolute paths are kept in every config written out;
+# these are swapped only while running
 PATH_KEYS = ("root", "data_root", "model_root", "ckpt_path")
 
 
@@ -57,7 +57,8 @@ def make_collection(rng: np.random.Generator, root: Path, name: str, dv: int, dq
 
     ``train`` / ``val``: video id -> (number of raw frames, token count of each caption).
     """
-    frames = {vid: rng.standard_normal((n, dv)).astype(np.float32) for vid, (n, _) in {**train, **val}.items()}
+    frames = {vid: rng.standard_normal((n, dv)).astype(np.float32)
+              for vid, (n, _) in {**train, **val}.items()}
     tokens: dict[str, np.ndarray] = {}
     split_lines: dict[str, list[str]] = {}
     for split, videos in (("train", train), ("val", val)):
@@ -89,13 +90,15 @@ def make_collection(rng: np.random.Generator, root: Path, name: str, dv: int, dq
     with h5py.File(text / f"roberta_{name}_query_feat.hdf5", "w") as f:
         for cap, x in tokens.items():
             f.create_dataset(cap, data=x)
-    return dict(frames=frames, tokens=tokens, val_caption_order=[line.split(" ")[0] for line in split_lines["val"]])
+    val_order = [line.split(" ")[0] for line in split_lines["val"]]
+    return dict(frames=frames, tokens=tokens, val_caption_order=val_order)
 
 
 def load_data(orig: SimpleNamespace, cfg: dict[str, Any], root: Path, name: str) -> SimpleNamespace:
     """The original ``get_datasets`` on the synthetic collection (``cfg`` gains ``visual_feat_dim``)."""
     saved = {k: cfg[k] for k in (*PATH_KEYS, "collection", "visual_feature")}
-    cfg.update(data_root=str(root), collection=name, visual_feature="synthetic", num_workers=0, pin_memory=False)
+    cfg.update(data_root=str(root), collection=name, visual_feature="synthetic", num_workers=0,
+               pin_memory=False)
     out = orig.main.get_datasets(cfg)
     cfg.update(saved)  # the config keeps the release's paths and names
     return SimpleNamespace(train=out[1], val_videos=out[2], val_queries=out[3])
@@ -141,7 +144,7 @@ def config_meta(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
 
 
-# --------------------------------------------------------------------------------- a) forward + losses + metric
+# ----------------------------------------------------------------------------- a) forward + losses + metric
 def make_small(orig: SimpleNamespace, tmp: Path, out: Path) -> None:
     rng = np.random.default_rng(0)
     # video -> (raw frames, token counts of its captions); s0 and s2 are shorter than the 32-clip grid,
@@ -177,8 +180,8 @@ def make_small(orig: SimpleNamespace, tmp: Path, out: Path) -> None:
             for h in handles:
                 h.remove()
         (clip_s, clip_s_, label_dict, frame_s, frame_s_, curv, hyp_query, hyp_video, _, query_emb) = outputs
-        enc_frame, enc_clip = model.encode_context(batch["clip_video_features"], batch["frame_video_features"],
-                                                   batch["videos_mask"])
+        enc_frame, enc_clip = model.encode_context(
+            batch["clip_video_features"], batch["frame_video_features"], batch["videos_mask"])
         inf_clip, inf_frame = model.get_pred_from_raw_query(batch["text_feat"], batch["text_mask"], None,
                                                             enc_clip, enc_frame)
         assert torch.equal(inf_clip, clip_s) and torch.equal(inf_frame, frame_s)
@@ -197,14 +200,17 @@ def make_small(orig: SimpleNamespace, tmp: Path, out: Path) -> None:
             "output/clip_pooled": to_np(model.get_modularized_clips(enc_clip)),
             "output/frame_pooled": to_np(model.get_modularized_frames(enc_frame, batch["videos_mask"])),
             "output/curv": to_np(curv),
-            "output/query_tangent": to_np(cap["exp_map0_in"][0]), "output/video_tangent": to_np(cap["exp_map0_in"][1]),
+            "output/query_tangent": to_np(cap["exp_map0_in"][0]),
+            "output/video_tangent": to_np(cap["exp_map0_in"][1]),
             "output/hyp_query": to_np(hyp_query), "output/hyp_video": to_np(hyp_video),
             "debug/clip_branches": to_np(torch.stack([cap[f"clip_branch{i}"] for i in range(8)], dim=-1)),
             "debug/clip_weight_tokens": to_np(torch.cat(cap["clip_ca"], dim=1)),
             "debug/clip_branch_weights": to_np(F.softmax(cap["clip_layer2"].permute(0, 2, 1) / sft, dim=-1)),
-            "debug/frame_branch_weights": to_np(F.softmax(cap["frame_layer2"].permute(0, 2, 1) / sft, dim=-1)),
+            "debug/frame_branch_weights": to_np(
+                F.softmax(cap["frame_layer2"].permute(0, 2, 1) / sft, dim=-1)),
         })
-        assert torch.equal(cap["exp_map0_out"][0], hyp_query) and torch.equal(cap["exp_map0_out"][1], hyp_video)
+        assert torch.equal(cap["exp_map0_out"][0], hyp_query)
+        assert torch.equal(cap["exp_map0_out"][1], hyp_video)
         for i in (0, 1):
             arrays[f"debug/clip_h{i}_lorentz_in"] = to_np(cap[f"clip_h{i}_in"])
             arrays[f"debug/clip_h{i}_lorentz_out"] = to_np(cap[f"clip_h{i}_out"])
@@ -270,7 +276,8 @@ def capture(orig: SimpleNamespace, model: torch.nn.Module) -> tuple[dict[str, An
         return hook
 
     enc = model.clip_encoder
-    hooks = [(model.query_encoder, "query_tokens", "out"), (model.modular_vector_mapping, "query_token_logits", "out"),
+    hooks = [(model.query_encoder, "query_tokens", "out"),
+             (model.modular_vector_mapping, "query_token_logits", "out"),
              (model.modular_vector_mapping_2, "frame_pool_logits", "out"),
              (model.modular_vector_mapping_3, "clip_pool_logits", "out"),
              (enc.layer2, "clip_layer2", "out"), (model.frame_encoder_1.layer2, "frame_layer2", "out")]
@@ -299,13 +306,15 @@ def capture(orig: SimpleNamespace, model: torch.nn.Module) -> tuple[dict[str, An
     return cap, handles
 
 
-# ------------------------------------------------------------------------------------ b) training steps, d) ckpt
+# -------------------------------------------------------------------------------- b) training steps, d) ckpt
 def make_steps(orig: SimpleNamespace, tmp: Path, out: Path) -> None:
     rng = np.random.default_rng(1)
     frames = [5, 20, 31, 45, 64, 90, 110, 128, 200, 77]
-    train = {f"t{i}": (n, [int(x) for x in rng.integers(4, 28, int(rng.integers(1, 4)))]) for i, n in enumerate(frames)}
-    train["t8"][1][0] = 33  # the only caption longer than max_desc_l: batches without t8 are padded to < 30 tokens
-    val = {f"u{i}": (int(n), [int(x) for x in rng.integers(4, 34, 2)]) for i, n in enumerate(rng.integers(5, 200, 4))}
+    train = {f"t{i}": (n, [int(x) for x in rng.integers(4, 28, int(rng.integers(1, 4)))])
+             for i, n in enumerate(frames)}
+    train["t8"][1][0] = 33  # the only caption over max_desc_l: batches without t8 are padded to < 30 tokens
+    val = {f"u{i}": (int(n), [int(x) for x in rng.integers(4, 34, 2)])
+           for i, n in enumerate(rng.integers(5, 200, 4))}
     raw = make_collection(rng, tmp, "hlsteps", 24, 20, train, val, shuffle_val=False)
 
     cfg = load_config(orig.src, "cha")
@@ -330,7 +339,8 @@ def make_steps(orig: SimpleNamespace, tmp: Path, out: Path) -> None:
         steps = {s["step"] for s in opt.state.values()} or {0}
         assert len(steps) == 1
         mult = group0["schedule"].get_lr(steps.pop())
-        log.append(dict(lr=group0["lr"] * mult, lr_multiplier=mult, hard=bool(criterion.cfg["use_hard_negative"])))
+        log.append(dict(lr=group0["lr"] * mult, lr_multiplier=mult,
+                        hard=bool(criterion.cfg["use_hard_negative"])))
         if k == 1:
             for p, n in names.items():
                 if p.grad is not None:
@@ -357,7 +367,7 @@ def make_steps(orig: SimpleNamespace, tmp: Path, out: Path) -> None:
     cfg.update(model_root=str(tmp / "run"), ckpt_path=str(tmp / "run" / "ckpt"))
     (tmp / "run").mkdir()
     with probe.active():
-        for epoch in range(n_epochs):  # main.main's loop: train one epoch, validate (early stop can't trigger)
+        for epoch in range(n_epochs):  # main.main's loop: train an epoch, validate (no early stop this soon)
             loss_avg = orig.main.train_one_epoch(epoch, data.train, model, criterion, cfg, optimizer)
             with torch.no_grad():
                 val_meter, best_val, _ = orig.main.val_one_epoch(
@@ -407,7 +417,7 @@ def make_steps(orig: SimpleNamespace, tmp: Path, out: Path) -> None:
     write_npz(out / "hlformer-steps-seed0.npz", arrays, meta)
 
 
-# ------------------------------------------------------------------------------------------ c) full-width shapes
+# -------------------------------------------------------------------------------------- c) full-width shapes
 def make_full(orig: SimpleNamespace, out: Path) -> dict[str, int]:
     counts = {}
     for name in ("cha", "tvr", "act"):
