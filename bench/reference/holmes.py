@@ -6,7 +6,7 @@ Runs the ORIGINAL code on CPU, imported from a path given on the command line, a
     holmes[-multi]-steps-seed0.npz   (b) 10 optimiser steps of the original train loop
     holmes-{cha,tvr,act}-seed0.npz   (c) full-width state-dict names/shapes + parameter count (meta only);
     holmes-multi-tvr-seed0.npz           for the multi-query tree only its tvr config exists
-    holmes-authors-small.ckpt        (d) the small model saved by the original's own save_ckpt (single tree only)
+    holmes[-multi]-authors-small.ckpt (d) the (b) model after its 10 steps, saved by the original's save_ckpt
 
 Usage (one run per source tree; the tree is recognised by its model):
 
@@ -46,6 +46,7 @@ import copy
 import importlib
 import inspect
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -493,7 +494,7 @@ def make_forward(orig, name: str, work: Path) -> tuple[dict, dict]:
         score_weights=[cfg["clip_scale_w"], cfg["frame_scale_w"]], loss_modes=loss_meta,
         metric_query_ids=list(query_metas), metric_video_ids=list(info["video_metas"]),
         metric_recalls=[float(r) for r in recalls[:5]], eval_mode=True)
-    return arrays, dict(meta=meta, model=model, cfg=cfg, train_loader=train_loader, recalls=recalls)
+    return arrays, dict(meta=meta)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -544,17 +545,33 @@ def make_steps(orig, name: str, work: Path) -> tuple[dict, dict]:
                warmup_epoch=S["warmup_epoch"])
     write_corpus(root, cfg, vids, {"train": caps, "val": caps[:4], "test": caps[:4]})
 
-    orig.utils.set_seed(cfg["seed"])
-    cfg, train_loader, _, _ = datasets(orig, cfg)
+    orig.utils.set_seed(cfg["seed"])  # main(): set_seed, get_datasets, get_models, get_losses, get_validations, get_opts
+    cfg, train_loader, ctx_loader, qry_loader = datasets(orig, cfg)
     model = orig.models.get_models(cfg)
     arrays: dict[str, np.ndarray] = {f"init/{k}": f32(v) for k, v in model.state_dict().items()}
     criterion = orig.losses.get_losses(cfg)
+    val_criterion = orig.validations.validations(cfg)
     optimizer = orig.opts.get_opts(cfg, model, train_loader)
     n_steps = S["epochs"] * len(train_loader)
     steps = StepRecorder(model, optimizer, n_steps)
+    # main()'s epoch loop: train_one_epoch, then val_one_epoch under no_grad (it saves best.ckpt into
+    # cfg["model_root"] when SumR improves; its data loaders draw a base seed from the global RNG, as in main)
+    os.makedirs(cfg["model_root"], exist_ok=True)
+    logger = logging.getLogger("holmes-reference")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    best_val, val_log = [0.0, 0.0, 0.0, 0.0, 0.0], []
     with Recorder(loss_targets(orig)) as rec:
         for epoch in range(S["epochs"]):
-            orig.main.train_one_epoch(epoch, train_loader, model, criterion, cfg, optimizer)
+            loss_meter = orig.main.train_one_epoch(epoch, train_loader, model, criterion, cfg, optimizer)
+            with torch.no_grad():
+                val_meter, best_val, _ = orig.main.val_one_epoch(epoch, ctx_loader, qry_loader, model, val_criterion,
+                                                                  cfg, optimizer, best_val, loss_meter, logger)
+            val_log.append([float(x) for x in val_meter[:5]])
+    best = Path(cfg["model_root"]) / "best.ckpt"
+    if best.exists():
+        best.unlink()
+    os.removedirs(cfg["model_root"])  # the empty folders made above
     batches = train_loader.collate_fn.batches
     assert len(batches) == n_steps == steps.k == 10
     step_meta = []
@@ -583,8 +600,9 @@ def make_steps(orig, name: str, work: Path) -> tuple[dict, dict]:
         optimizer=dict(type="BertAdam", lr=cfg["lr"], b1=0.9, b2=0.999, e=1e-6, max_grad_norm=1.0,
                        schedule="warmup_linear", weight_decay_groups=[0.01, 0.0], no_decay_params=no_decay),
         params_without_grad=[n for n, p in model.named_parameters() if n not in steps.saved["grad1"]],
-        steps=step_meta, raw_lengths=dict(zip(vids, lengths, strict=True)))
-    return arrays, dict(meta=meta)
+        steps=step_meta, raw_lengths=dict(zip(vids, lengths, strict=True)), val_per_epoch=val_log,
+        best_val=[float(x) for x in best_val[:5]])
+    return arrays, dict(meta=meta, model=model, optimizer=optimizer, cfg=cfg, epoch=S["epochs"] - 1, best_val=best_val)
 
 
 LOSS_TERMS = ("clip_nce", "frame_nce", "clip_trip", "frame_trip", "qdl", "intra_video_edl", "frame_edl", "clip_edl",
@@ -603,6 +621,22 @@ def full_width(orig, name: str) -> dict:
     return dict(source="lijun2005/ICML26-Holmes", commit=COMMIT, tree="multisrc" if orig.multi else "src",
                 config_name=name, config=cfg, n_params=n,
                 state_shapes=[[k, list(v.shape)] for k, v in model.state_dict().items()])
+
+
+def check_weights_only(ckpt: Path) -> None:
+    """Report whether torch.load(weights_only=True) reads the file, plainly and with an inert stand-in class."""
+    try:
+        torch.load(ckpt, map_location="cpu", weights_only=True)
+        print(f"{ckpt.name}: torch.load(weights_only=True) succeeds")
+        return
+    except Exception as e:  # noqa: BLE001 - reported, not hidden
+        why = [line for line in str(e).splitlines() if "Unsupported global" in line] or [str(e)[:200]]
+        print(f"{ckpt.name}: torch.load(weights_only=True) FAILS: {why[0].strip()[:160]}")
+    stand_in = type("WarmupLinearSchedule", (), {"__module__": "Opts.optimization"})
+    with torch.serialization.safe_globals([stand_in]):
+        ck = torch.load(ckpt, map_location="cpu", weights_only=True)
+    print(f"{ckpt.name}: weights-only load with an inert Opts.optimization.WarmupLinearSchedule allowlisted "
+          f"succeeds; keys {list(ck)}")
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
@@ -624,20 +658,15 @@ def main() -> None:
         arrays, extra = make_forward(orig, name, Path(tmp))
         write_npz(args.out / f"{prefix}-small-seed0.npz", arrays, extra["meta"])
         print(f"{prefix}-small-seed0.npz: {len(arrays)} arrays, n_params {extra['meta']['n_params']}")
-        if not orig.multi:
-            ckpt = args.out / "holmes-authors-small.ckpt"
-            optimizer = orig.opts.get_opts(extra["cfg"], extra["model"], extra["train_loader"])
-            orig.utils.save_ckpt(extra["model"], optimizer, extra["cfg"], str(ckpt), 0, extra["recalls"])
-            try:
-                torch.load(ckpt, map_location="cpu", weights_only=True)
-                print(f"{ckpt.name}: torch.load(weights_only=True) succeeds")
-            except Exception as e:  # noqa: BLE001 - reported, not hidden
-                why = [line for line in str(e).splitlines() if "Unsupported global" in line] or [str(e)[:200]]
-                print(f"{ckpt.name}: torch.load(weights_only=True) FAILS: {why[0].strip()}")
         arrays, extra = make_steps(orig, name, Path(tmp))
         write_npz(args.out / f"{prefix}-steps-seed0.npz", arrays, extra["meta"])
         lrs = [f"{s['lr']:.3g}" for s in extra["meta"]["steps"]]
         print(f"{prefix}-steps-seed0.npz: {len(arrays)} arrays, lr per step {lrs}")
+        # (d) the steps model after its 10 steps, saved by the original's save_ckpt as main() saves best.ckpt
+        ckpt = args.out / f"{prefix}-authors-small.ckpt"
+        orig.utils.save_ckpt(extra["model"], extra["optimizer"], extra["cfg"], str(ckpt), extra["epoch"],
+                             extra["best_val"])
+        check_weights_only(ckpt)
     for cfg_name in (["tvr"] if orig.multi else ["cha", "tvr", "act"]):
         meta = full_width(orig, cfg_name)
         write_npz(args.out / f"{prefix}-{cfg_name}-seed0.npz", {}, meta)
