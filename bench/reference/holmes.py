@@ -435,6 +435,27 @@ def forward_outputs(rec: Recorder, cfg: dict, multi: bool, batch: dict) -> dict[
     return out
 
 
+def floor_case(orig, model, batch: dict, arrays: dict) -> dict[str, np.ndarray]:
+    """The original frame-scale scoring on probe queries q_b = -mean of video b's real normalised frame tokens:
+    all real frames of the shorter videos then score < 0, so the zeroed padded frames (cosine / dot 0, inside
+    the max) set their score to exactly 0."""
+    frames, mask = torch.from_numpy(arrays["output/encoded_frame"]), batch["videos_mask"]  # (B, 128, D), (B, 128)
+    unit = torch.nn.functional.normalize(frames, dim=-1) * mask[..., None]
+    probe = -unit.sum(1) / mask.sum(1, keepdim=True)  # (B, D)
+    out = {"output/floor_case/probe": f32(probe)}
+    if orig.multi:  # two tokens per probe, the second padded: (B, 2, D), mask (B, 2)
+        tokens, tmask = torch.stack([probe, 0.5 * probe], 1), torch.tensor([[1.0, 0.0]]).repeat(len(probe), 1)
+        norm = model.get_frame_scale_scores(tokens, frames, tmask, mask)
+        raw = model.get_unnormalized_frame_scale_scores(tokens, frames, tmask, mask)
+        out.update({"output/floor_case/probe_tokens": f32(tokens), "output/floor_case/probe_mask": f32(tmask)})
+    else:
+        M = orig.model.Holmes_Net
+        norm, raw = M.get_clip_scale_scores(probe, frames), M.get_unnormalized_clip_scale_scores(probe, frames)
+    assert (norm == 0).any() and (raw == 0).any()
+    out.update({"output/floor_case/frame_scale_scores": f32(norm), "output/floor_case/frame_scale_scores_unnorm": f32(raw)})
+    return out
+
+
 def make_forward(orig, name: str, work: Path) -> tuple[dict, dict]:
     rng = np.random.RandomState(0)
     dv, dq = SMALL["visual_feat_dim"], SMALL["q_feat_size"]
@@ -463,9 +484,12 @@ def make_forward(orig, name: str, work: Path) -> tuple[dict, dict]:
         arrays[f"raw_frames/{i}"] = train_v[vid]
 
     model.eval()
-    with torch.no_grad(), Recorder(model_targets(orig) | loss_targets(orig)) as rec:
+    with torch.no_grad(), Recorder(model_targets(orig)) as rec:
         input_list = model(batch)
         arrays.update({f"output/{k}": v for k, v in forward_outputs(rec, cfg, orig.multi, batch).items()})
+    with torch.no_grad():
+        arrays.update(floor_case(orig, model, batch, arrays))
+    with torch.no_grad(), Recorder(loss_targets(orig)) as rec:
         loss_meta = {}
         for mode, hard in (("random", False), ("hard", True)):
             criterion.cfg["use_hard_negative"] = criterion.cfg["warmup_end"] = hard
