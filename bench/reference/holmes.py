@@ -20,7 +20,9 @@ Data goes through the original pipeline: the script writes a small synthetic cor
 (caption files, feature.hdf5, roberta_*_query_feat.hdf5) to a temporary folder and reads it with the
 original get_datasets (Dataset4PRVR: clip pooling to 32, frame sampling to <=128, L2 norm x/(|x|+1e-5),
 collate_train; VisDataSet4PRVR/TxtDataSet4PRVR with collate_frame_val/collate_text_val for evaluation).
-The train loop of (b) is the original main.train_one_epoch, the optimiser the original get_opts (BertAdam).
+The loop of (b) is main()'s: the original main.train_one_epoch then main.val_one_epoch per epoch, with the
+original get_opts (BertAdam); (d) is written by the original Utils.utils.save_ckpt. tests/golden/README-holmes.md
+describes every key.
 
 Runtime patches (the original files are never edited):
   1. torch.Tensor.cuda = identity (the original calls .cuda() in generate_gauss_weight, query_diverse_loss,
@@ -29,14 +31,15 @@ Runtime patches (the original files are never edited):
   3. Config overrides: widths (visual 48, query 40, hidden 64, 4 heads for (a); visual 24, query 20,
      hidden 16, 4 heads for (b)), data_root = the synthetic corpus, num_workers 0, pin_memory False,
      batchsize (6 for (a), 5 for (b)); for (b) also input_drop = drop = 0, hard_negative_start_epoch 3 and
-     warmup_epoch 4 (the configs have 20 and 20). Every other value is the config's (cha for src/,
-     tvr for multisrc/, the only config there).
+     warmup_epoch 4 (the configs have 20 and 20); model_root = a fixed /tmp/holmes-ref/... folder instead of
+     main()'s timestamped one (val_one_epoch writes best.ckpt there; deleted afterwards). Every other value is
+     the config's (cha for src/, tvr for multisrc/, the only config there).
   4. Recording only, no behaviour change: torch.randint is wrapped to record what it returns (the random
      negatives of get_clip_triplet_loss); sys.setprofile snapshots the local variables of chosen original
      functions when they return; the DataLoader's collate_fn and optimizer.step are wrapped to record the
      batches, the learning rate, the gradients (before and after BertAdam's own per-tensor clipping) and
-     the weights; sys.argv is set to ["main.py", "-d", <config>] while main.py is imported (it parses
-     arguments at import time). torch.set_num_threads(1).
+     the weights; sys.argv is set to ["main.py"] while main.py is imported (it parses arguments at import
+     time). torch.set_num_threads(1); TQDM_DISABLE=1.
 """
 
 from __future__ import annotations
