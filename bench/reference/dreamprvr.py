@@ -1,7 +1,7 @@
 """Reference tensors from the authors' DreamPRVR code: every loss term and 10 training steps, run on CPU.
 
     python bench/reference/dreamprvr.py --original /tmp/orig-dreamprvr/src --out tests/golden \\
-        [--small ../shared/golden/small-seed0.npz]
+        [--small tests/golden/small-seed0.npz]
 
 `--original` is the `src/` folder of lijun2005/CVPR26-DreamPRVR (commit 8337f448033cc599b9f1b5d51b977cc4543d3375),
 imported at run time and never copied. Runtime patches (see `_common_dreamprvr.py` for the details):
@@ -497,9 +497,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--original", required=True, type=Path, help="src/ folder of lijun2005/CVPR26-DreamPRVR")
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--small", type=Path, help="small-seed0.npz (default: $PRVR_GOLDEN or ../shared/golden, as tests)",
-                    default=Path(os.environ.get("PRVR_GOLDEN", Path(__file__).resolve().parents[3] / "shared" / "golden"))
-                    / "small-seed0.npz")
+    ap.add_argument("--small", type=Path, help="small-seed0.npz (default: tests/golden's, as the tests)",
+                    default=Path(__file__).resolve().parents[2] / "tests" / "golden" / "small-seed0.npz")
     args = ap.parse_args()
     torch.set_num_threads(1)  # one thread: sums in a fixed order, the same bits on every run
     git = args.original.parent / ".git"

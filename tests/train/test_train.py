@@ -166,3 +166,22 @@ def test_bf16_autocast_training_and_eval(tiny_data, tmp_path):
     assert not np.array_equal(half.scores, full.scores)  # it really ran in bf16
     r = cli("eval", "--checkpoint", tmp_path / "run" / "best.safetensors", "--data", tiny_data, "--amp", "--quiet")
     assert r.returncode == 0 and "SumR" in r.stdout, r.stderr
+
+
+def test_convert_the_authors_own_checkpoint(tmp_path):
+    """A checkpoint written by the original main.py (it pickles the LR schedule object in the optimiser state):
+    imported weights-only, every weight lands on its place."""
+    from prvr.models.dreamprvr.convert import original_name
+    from tests.conftest import GOLDEN_DIR
+
+    out = tmp_path / "converted.safetensors"
+    r = cli("convert-checkpoint", GOLDEN_DIR / "dreamprvr-authors-small.ckpt", out, "--model", "dreamprvr")
+    assert r.returncode == 0, r.stderr
+    model, cfg, state = load_checkpoint(out)
+    z = np.load(GOLDEN_DIR / "dreamprvr-steps-seed0.npz")  # the checkpoint holds the weights after its 10 steps
+    ours = model.state_dict()
+    names = [k[len("weights10/"):] for k in z.files if k.startswith("weights10/")]
+    assert len(names) == len(ours) == 393
+    for name in names:
+        assert torch.equal(ours[original_name(name)], torch.from_numpy(z[f"weights10/{name}"])), name
+    assert cfg.model.hidden_size == 16 and state["epoch"] == 3

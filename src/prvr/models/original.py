@@ -33,14 +33,30 @@ INPUT_KEYS: dict[str, str] = {
 }
 
 
+class InertObject:
+    """Stands in for an object of the authors' training code pickled inside their checkpoints (the learning-rate
+    schedule in the optimiser's parameter groups): it keeps the pickled state as plain data and runs no code."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+# The schedule classes of the authors' Opts/optimization.py (shared by the family's releases): every checkpoint their
+# main.py saves pickles one of these in `optimizer.param_groups[*]['schedule']`.
+_SCHEDULES = ("_LRSchedule", "ConstantLR", "WarmupCosineSchedule", "WarmupCosineWithHardRestartsSchedule",
+              "WarmupCosineWithWarmupRestartsSchedule", "WarmupConstantSchedule", "WarmupLinearSchedule")
+INERT_GLOBALS = [(InertObject, f"Opts.optimization.{name}") for name in _SCHEDULES]
+
+
 def load_original_checkpoint(path: str | Path) -> dict:
-    """The authors' torch checkpoint, loaded weights-only (no code from the file ever runs)."""
+    """The authors' torch checkpoint, loaded weights-only: tensors and plain containers only, and the known
+    classes of their training code mapped to `InertObject` (no code from the file ever runs)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols; the load is weights-only anyway
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), torch.serialization.safe_globals(INERT_GLOBALS):
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols; the load is weights-only anyway
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as e:
         raise CheckpointError(f"{path}: not loadable weights-only as a torch checkpoint "
