@@ -29,7 +29,6 @@ import ast
 import copy
 import hashlib
 import logging
-import os
 import shutil
 import subprocess
 import sys
