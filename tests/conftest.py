@@ -31,20 +31,18 @@ def golden_meta():
 
 
 def tiny_model_config(**kw) -> DreamPRVRConfig:
-    cfg = DreamPRVRConfig(visual_dim=48, text_dim=40, hidden_size=32, n_heads=4, num_registers=3, timesteps=4,
-                      input_drop=0.1, drop=0.1)
+    """DreamPRVR at the `tiny` preset's width (48-d frames, 40-d tokens, hidden 32)."""
+    cfg = load_preset("tiny").model
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
 
 
 def tiny_run_config(root: Path, **model_kw) -> RunConfig:
-    cfg = load_preset("charades")
-    cfg.model = tiny_model_config(**model_kw)
+    cfg = load_preset("tiny")
+    for k, v in model_kw.items():
+        setattr(cfg.model, k, v)
     cfg.data.root = str(root)
-    cfg.train.batch_videos = 16
-    cfg.train.epochs = 2
-    cfg.train.lr = 1e-3
     return cfg
 
 
