@@ -29,7 +29,7 @@ def build_ann(index: Path, nlist: int | None = None, train_size: int = 200_000, 
     if not manifest.get("normalized", True):
         raise IndexError_(f"{index}: this model does not score by max-similarity; its index is searched exactly")
     names = list(layouts_of(manifest))
-    shards = [load_shard(index / n, names) for n in manifest["shards"]]
+    shards = [load_shard(index / n, names, layouts_of(manifest)) for n in manifest["shards"]]
     parts = [(s, name) for s in shards for name in names]  # every (shard, token set), in a fixed order
     n_tokens = sum(s.sets[name].tokens.shape[0] for s, name in parts)
     if n_tokens == 0:
@@ -75,13 +75,25 @@ class TokenANN:
         import faiss
 
         index = Path(index)
-        self.meta = json.loads((index / ANN_META).read_text())
-        self.ann = faiss.read_index(str(index / ANN_FILE))
+        try:
+            self.meta = json.loads((index / ANN_META).read_text(encoding="utf-8"))
+            self.ann = faiss.read_index(str(index / ANN_FILE))
+            self.owners = np.load(index / ANN_OWNERS, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, RuntimeError, UnicodeDecodeError, RecursionError) as e:
+            raise IndexError_(f"{index}: corrupt ANN stage ({e.__class__.__name__}; rebuild it with "
+                              "`prvr index ann`)") from None
+        m = self.meta
+        if (not isinstance(m, dict) or not isinstance(m.get("shards"), list) or not isinstance(m.get("token_sets"), list)
+                or not isinstance(m.get("n_videos"), int) or self.owners.ndim != 1
+                or len(self.owners) != self.ann.ntotal or not np.issubdtype(self.owners.dtype, np.integer)
+                or (len(self.owners) and (self.owners.min() < 0 or self.owners.max() >= m["n_videos"]))):
+            raise IndexError_(f"{index / ANN_META}: corrupt ANN stage (its parts do not agree; rebuild it with "
+                              "`prvr index ann`)")
         self.ann.nprobe = nprobe
-        self.owners = np.load(index / ANN_OWNERS, mmap_mode="r")
 
     def covers(self, manifest: dict) -> bool:
-        return self.meta["shards"] == manifest["shards"] and self.meta["token_sets"] == list(manifest["token_sets"])
+        return (self.meta["shards"] == manifest["shards"] and self.meta["token_sets"] == list(manifest["token_sets"])
+                and self.meta["n_videos"] == manifest.get("n_videos"))
 
     def candidates(self, q: QueryRepr, n_tokens: int, n_videos: int) -> np.ndarray:
         """A normalised query -> up to `n_videos` candidate videos (sorted global indices), ranked by their best
