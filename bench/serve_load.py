@@ -130,6 +130,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0, help="per client count (after a warm-up)")
     ap.add_argument("--max-requests", type=int, default=5000, help="per client count")
     ap.add_argument("--threads", type=int, default=None, help="prvr serve --threads (default: its own)")
+    ap.add_argument("--server-python", default=sys.executable,
+                    help="interpreter whose prvr serves (e.g. another checkout's .venv/bin/python, for a before/after)")
+    ap.add_argument("--label", default="", help="suffix of the result file name")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="prvr-serve-load-"))
@@ -141,7 +144,7 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "prvr.cli", "serve", str(tmp / "index"), "--port", str(port)]
+        cmd = [args.server_python, "-m", "prvr.cli", "serve", str(tmp / "index"), "--port", str(port)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -179,7 +182,8 @@ def main() -> None:
                   "idle_rss_mb": round(idle["VmRSS"] / 1024), "levels": levels,
                   "cpu_count": os.cpu_count(), "load_avg_after": os.getloadavg(), "cpu_model": _cpu_model(),
                   "platform": platform.platform()}
-        write_result(f"serve_load_{args.videos}", result, args.json)
+        result["server_python"] = args.server_python
+        write_result(f"serve_load_{args.videos}" + (f"_{args.label}" if args.label else ""), result, args.json)
     finally:
         if proc is not None:
             proc.terminate()

@@ -105,6 +105,11 @@ def nan_train_video(tmp, data, ckpt, index, mp):
         [vid, "NaN", "feature.hdf5", "--skip-bad"], [tmp / "run"]
 
 
+def nan_video_in_loader_worker(tmp, data, ckpt, index, mp):  # raised in a DataLoader worker process
+    argv, expect, gone = nan_train_video(tmp, data, ckpt, index, mp)
+    return argv + ["--set", "train.num_workers=1"], expect, gone
+
+
 def nan_test_video_eval(tmp, data, ckpt, index, mp):
     lay = data_copy(data, tmp)
     vid = split_ids(lay, "test")[1][3]
@@ -432,7 +437,7 @@ def extract_nothing_extracted(tmp, data, ckpt, index, mp):
 
 
 ROWS = {f.__name__: f for f in [
-    nan_train_video, nan_test_video_eval, nan_caption_eval, nan_weights, lr_nan, max_desc_l_zero, index_nan_video,
+    nan_train_video, nan_video_in_loader_worker, nan_test_video_eval, nan_caption_eval, nan_weights, lr_nan, max_desc_l_zero, index_nan_video,
     preset_dims, ckpt_dims_eval, ckpt_dims_index, wrong_width_video, wrong_width_index,
     existing_run, resume_with_preset, resume_nothing,
     eval_json_unwritable, save_scores_is_dir, synth_disk_full, train_out_read_only,

@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prvr.index.search import Retriever
+from prvr.index.store import IndexError_
 from prvr.serve.app import ServeSettings, create_app, public_message
 from prvr.serve.batcher import Busy, QueryBatcher
 from prvr.serve.media import MediaRoots
@@ -71,7 +72,7 @@ def test_crafted_file_entries_are_404(crafted, video_dir, monkeypatch):
         subdir.mkdir()
         cases = ["/etc/passwd", "red_ball.mp4", str(video_dir / ".." / video_dir.name / "notes.txt"),
                  str(evil_link), str(out_link), str(fake), str(subdir), str(outside / "elsewhere.mp4"),
-                 str(video_dir / "red_ball.mp4") + "\x00.mp4", 42, ["x"]]
+                 "/proc/self/environ", str(video_dir)]
         monkeypatch.chdir(video_dir)  # a relative entry never resolves against the working directory
         for value in cases:
             set_file("red_ball", value)
@@ -82,6 +83,10 @@ def test_crafted_file_entries_are_404(crafted, video_dir, monkeypatch):
             assert str(video_dir) not in r.text and "passwd" not in r.text
         set_file("red_ball", str(video_dir / "red_ball.mp4"))
         assert client(idx).get("/videos/red_ball/file").status_code == 200
+        for value in (str(video_dir / "red_ball.mp4") + "\x00.mp4", 42, ["x"], ""):  # not even a path: refused at load
+            set_file("red_ball", value)
+            with pytest.raises(IndexError_, match="meta.json: video 'red_ball': file"):
+                Retriever(idx)
     finally:
         for p in (evil_link, out_link, fake):
             p.unlink(missing_ok=True)

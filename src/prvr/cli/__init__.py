@@ -22,6 +22,16 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _user_message(e: BaseException) -> str:
+    """The message of a user error; one raised in a DataLoader worker arrives wrapped with the worker's traceback
+    (torch re-raises it as "Caught X in DataLoader worker ... Original Traceback ..."): its last line is kept."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith(("prvr.errors.", "prvr.")) and ": " in last else last
+    return _one_line(text)
+
+
 def _allowed_range(param) -> str:
     """The range an option declares (typer's own message names only the bound that failed)."""
     lo, hi = getattr(param, "min", None), getattr(param, "max", None)
@@ -43,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, prog_name="prvr", standalone_mode=False)
     except PrvrError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {_user_message(e)}", file=sys.stderr)
         sys.exit(2)
     except typer.TyperException as e:  # bad options and arguments: one line, the allowed values in it
         ctx = getattr(e, "ctx", None)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from prvr.errors import OutputError
 from prvr.index.store import IndexError_, layouts_of, load_shard, read_manifest
-from prvr.io import atomic_path, write_json_atomic
+from prvr.io import atomic_path, check_writable, write_json_atomic
 from prvr.models.base import QueryRepr
 
 ANN_FILE, ANN_META, ANN_OWNERS = "ann.faiss", "ann.json", "ann.owners.npy"
@@ -26,6 +27,7 @@ def build_ann(index: Path, nlist: int | None = None, train_size: int = 200_000, 
 
     index = Path(index)
     manifest = read_manifest(index)
+    check_writable(index / ANN_FILE, "ANN stage")
     if not manifest.get("normalized", True):
         raise IndexError_(f"{index}: this model does not score by max-similarity; its index is searched exactly")
     names = list(layouts_of(manifest))
@@ -61,7 +63,10 @@ def build_ann(index: Path, nlist: int | None = None, train_size: int = 200_000, 
             token_base += len(st.tokens)
         video_base += len(s.ids)
     with atomic_path(index / ANN_FILE) as tmp:
-        faiss.write_index(ann, str(tmp))
+        try:
+            faiss.write_index(ann, str(tmp))
+        except RuntimeError as e:  # faiss reports a failed write (full disk) as a RuntimeError
+            raise OutputError(f"{index / ANN_FILE}: cannot write ({str(e).splitlines()[0][:200]})") from None
     with atomic_path(index / ANN_OWNERS) as tmp, open(tmp, "wb") as f:
         np.save(f, owners)
     meta = {"n_videos": video_base, "n_tokens": int(n_tokens), "nlist": ann.nlist, "token_sets": names,

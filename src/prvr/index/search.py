@@ -158,7 +158,10 @@ class Retriever:
     def embed(self, tokens: np.ndarray) -> QueryRepr:
         """(n_tokens, Dq) raw token features -> the model's normalised query representation of one query."""
         t = torch.from_numpy(self._check_tokens(tokens))[None].to(self.device)
-        return self.model.encode_queries(Batch(text=t, text_mask=torch.ones(t.shape[:2], device=self.device))).normalize()
+        q = self.model.encode_queries(Batch(text=t, text_mask=torch.ones(t.shape[:2], device=self.device))).normalize()
+        if not torch.isfinite(q.vectors).all():
+            raise PrvrError("the model's query vectors are NaN or Inf")
+        return q
 
     @torch.no_grad()
     def embed_many(self, tokens: list[np.ndarray]) -> QueryRepr:
@@ -299,6 +302,8 @@ class Retriever:
             if len(videos) < k:
                 videos = None
         sc = self.scores(q, videos)
+        if not torch.isfinite(sc.total).all():  # a NaN is never "lower": it must not become a hit
+            raise PrvrError(f"{self.path.name}: non-finite scores (the index or the model is corrupt)")
         top = torch.topk(sc.total, min(k, len(sc.total))).indices
         glob = top.tolist() if videos is None else videos[top.cpu().numpy()].tolist()
         return [self._hit(g, float(sc.total[t]), {n: float(v[t]) for n, v in sc.sets.items()},
