@@ -346,6 +346,13 @@ def manifest_shard_outside(tmp, data, ckpt, index, mp):
     return _search(idx, data), ["manifest.json", "plain directory names inside the index"], []
 
 
+def shard_symlink_outside(tmp, data, ckpt, index, mp):
+    idx = _index_copy(index, tmp)
+    shutil.move(idx / "shard-00001", tmp / "elsewhere")
+    (idx / "shard-00001").symlink_to(tmp / "elsewhere")
+    return _search(idx, data), ["manifest.json", "'shard-00001' lies outside the index directory"], []
+
+
 def _edit_shard(index, tmp, name, fn):
     idx = _index_copy(index, tmp)
     path = idx / "shard-00000" / name
@@ -443,7 +450,7 @@ ROWS = {f.__name__: f for f in [
     eval_json_unwritable, save_scores_is_dir, synth_disk_full, train_out_read_only,
     caption_not_utf8, caption_not_utf8_check, hdf5_corrupt_chunk, hdf5_corrupt_chunk_check, video2frames_nested,
     yaml_list, yaml_scalar, ckpt_zero_bytes, ckpt_text, safetensors_text,
-    manifest_list, manifest_shard_outside, ids_too_short, meta_too_short, offsets_too_short, meta_nan_duration,
+    manifest_list, manifest_shard_outside, shard_symlink_outside, ids_too_short, meta_too_short, offsets_too_short, meta_nan_duration,
     tokens_nan, ann_meta_list, data_check_missing_split, extract_nothing_extracted]}
 
 

@@ -78,6 +78,10 @@ def read_manifest(path: Path) -> dict:
         raise _fail(mf, "corrupt manifest (shards must be plain directory names inside the index)")
     if len(set(shards)) != len(shards):
         raise _fail(mf, "corrupt manifest (a shard is listed twice)")
+    real = path.resolve()
+    for s in shards:  # a shard folder that is a symlink out of the index is not part of it
+        if (path / s).exists() and not (path / s).resolve().is_relative_to(real):
+            raise _fail(mf, f"corrupt manifest (shard {s!r} lies outside the index directory)")
     sets = manifest.get("token_sets")
     if not isinstance(sets, dict) or not sets or not all(isinstance(k, str) and _plain_name(k) for k in sets):
         raise _fail(mf, "corrupt manifest (no token sets, or a token set name that is not a plain name)")
