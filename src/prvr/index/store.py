@@ -3,13 +3,15 @@ memory-mapped, in shards. Tokens are L2-normalised when the model scores by max-
 
 INDEX/
   manifest.json          format, run config, token sets (their time layouts), score weights, text encoder,
-                         shard list (written last, atomically)
+                         media roots (folders `prvr serve` may send video files from), shard list (written
+                         last, atomically)
   model.safetensors      the checkpoint the tokens were computed with (the index is self-contained)
   shard-00000/           <set>.tokens.npy (total tokens, D) f16 · <set>.offsets.npy (n+1,) int64 per token set
                          ids.json · meta.json (per video: duration, frame_times, n_raw_frames, file)
 
 A shard directory is written under a temporary name and renamed; the manifest is replaced only after. A killed
-build therefore leaves the previous index intact, and `build --resume`/`add` skip ids already present.
+build therefore leaves the previous index intact, and `build --resume`/`add` skip ids already present. Reading
+checks every part where it enters (a crafted index is refused in one line, never served or scored).
 """
 
 from __future__ import annotations
