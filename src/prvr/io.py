@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from prvr.errors import OutputError
 
 # errors of any write that say "the output cannot be written here", not "the program has a bug"
 DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+# set when the process is asked to stop (SIGTERM): no output is committed after that, even if the exception the
+# signal handler raised was swallowed somewhere (e.g. inside a C extension's cleanup callback)
+TERMINATING = threading.Event()
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
@@ -34,6 +38,11 @@ def output_error(path: str | os.PathLike, e: OSError, what: str = "cannot write"
     elif e.errno == errno.EROFS:
         reason = "read-only file system"
     return OutputError(f"{path}: {what} ({reason})")
+
+
+def _check_not_terminating() -> None:
+    if TERMINATING.is_set():
+        raise SystemExit(143)
 
 
 def _is_output_error(e: OSError, *paths: Path) -> bool:
@@ -107,6 +116,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         try:
             yield tmp_path
+            _check_not_terminating()
             if path.is_dir() and not path.is_symlink():
                 raise OutputError(f"{path}: is a directory, expected a file path")
             os.replace(tmp_path, path)
@@ -134,6 +144,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         try:
             yield tmp
+            _check_not_terminating()
             if path.exists():  # left over from a killed run that never reached its manifest
                 shutil.rmtree(path)
             tmp.rename(path)

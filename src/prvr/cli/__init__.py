@@ -41,6 +41,9 @@ def _allowed_range(param) -> str:
 
 
 def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C: temporaries are removed on the way out
+    from prvr.io import TERMINATING
+
+    TERMINATING.set()  # and nothing more is committed, even if this exception gets swallowed on its way
     raise SystemExit(128 + signum)
 
 
@@ -75,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {_one_line(output_error(e.filename or 'output', e))}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    from prvr.io import TERMINATING
+
+    sys.exit(143 if TERMINATING.is_set() else rv if isinstance(rv, int) else 0)
 
 
 __all__ = ["app", "main"]
