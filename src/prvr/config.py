@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -26,12 +27,20 @@ from prvr.errors import ConfigError
 
 def field(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, ge: float | None = None,
           gt: float | None = None, le: float | None = None, lt: float | None = None,
-          choices: tuple | None = None) -> Any:
-    """A dataclass field with an allowed range (`ge`/`gt`/`le`/`lt`) or set of `choices`, checked on every set."""
-    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices).items() if v is not None}
+          choices: tuple | None = None, pattern: str | None = None) -> Any:
+    """A dataclass field with an allowed range (`ge`/`gt`/`le`/`lt`), set of `choices` or, for text, a regular
+    expression `pattern` the whole value must match; checked on every set."""
+    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, pattern=pattern).items()
+            if v is not None}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+# a plain folder name: no separators, not `.`/`..`, not hidden, printable
+NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}"
+PATTERN_HELP = {NAME_PATTERN: "a plain folder name (letters, digits, _ . + -; no path separators)",
+                r"(?s).+": "a non-empty string"}
 
 
 class Raw(str):
@@ -103,6 +112,18 @@ def _name(hint) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+def describe_range(meta: Any) -> str:
+    """The allowed values of a field, for messages and `prvr presets --ranges`: `0 <= x < 1`, `one of a, b`."""
+    m = meta.metadata if isinstance(meta, dataclasses.Field) else meta
+    if "choices" in m:
+        return "one of " + ", ".join(map(str, m["choices"]))
+    if "pattern" in m:
+        return PATTERN_HELP.get(m["pattern"], "text matching " + m["pattern"])
+    lo = f"{m['ge']} <= " if "ge" in m else f"{m['gt']} < " if "gt" in m else ""
+    hi = f" <= {m['le']}" if "le" in m else f" < {m['lt']}" if "lt" in m else ""
+    return f"{lo}x{hi}" if lo or hi else ""
+
+
 def _check_range(f: dataclasses.Field, value: Any, what: str) -> None:
     m = f.metadata
     if not m or value is None:
@@ -111,11 +132,12 @@ def _check_range(f: dataclasses.Field, value: Any, what: str) -> None:
     for v in values:
         if "choices" in m and v not in m["choices"]:
             raise ConfigError(f"{what}: expected one of {', '.join(map(str, m['choices']))}, got {v!r}")
-        bounds = [(">=", m.get("ge"), lambda a, b: a >= b), (">", m.get("gt"), lambda a, b: a > b),
-                  ("<=", m.get("le"), lambda a, b: a <= b), ("<", m.get("lt"), lambda a, b: a < b)]
-        for op, bound, ok in bounds:
-            if bound is not None and not ok(v, bound):
-                raise ConfigError(f"{what}: expected a value {op} {bound}, got {v!r}")
+        if "pattern" in m and not (isinstance(v, str) and re.fullmatch(m["pattern"], v)):
+            raise ConfigError(f"{what}: expected {describe_range(m)}, got {v!r}")
+        bounds = [(m.get("ge"), lambda a, b: a >= b), (m.get("gt"), lambda a, b: a > b),
+                  (m.get("le"), lambda a, b: a <= b), (m.get("lt"), lambda a, b: a < b)]
+        if any(bound is not None and not ok(v, bound) for bound, ok in bounds):
+            raise ConfigError(f"{what}: expected {describe_range(m)}, got {v!r}")
 
 
 def set_field(section: Any, key: str, value: Any, where: str) -> None:
@@ -163,11 +185,11 @@ class ModelConfig(Section):
     section: ClassVar[str] = "model"
     name: ClassVar[str] = ""  # the registered model name, set by each subclass
 
-    visual_dim: int = field(1024, ge=1)  # Dv, raw visual feature size
-    text_dim: int = field(1024, ge=1)  # Dq, raw token feature size
-    map_size: int = field(32, ge=1)  # Kc clip cells of the clip grid
-    max_ctx_l: int = field(128, ge=1)  # max frame tokens
-    max_desc_l: int = field(30, ge=1)  # max query tokens
+    visual_dim: int = field(1024, ge=1, le=65536)  # Dv, raw visual feature size
+    text_dim: int = field(1024, ge=1, le=65536)  # Dq, raw token feature size
+    map_size: int = field(32, ge=1, le=1024)  # Kc clip cells of the clip grid
+    max_ctx_l: int = field(128, ge=1, le=16384)  # max frame tokens
+    max_desc_l: int = field(30, ge=1, le=4096)  # max query tokens
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}
@@ -184,29 +206,29 @@ class LossConfig(Section):
 class TrainConfig(Section):
     section: ClassVar[str] = "train"
 
-    lr: float = field(2e-4, ge=0.0)
+    lr: float = field(2e-4, ge=0.0, le=1.0)
     lr_warmup_proportion: float = field(0.01, ge=0.0, lt=1.0)
-    weight_decay: float = field(0.01, ge=0.0)
-    batch_videos: int = field(128, ge=1)
-    epochs: int = field(100, ge=1)
-    max_es_cnt: int = field(10, ge=0)
-    hard_negative_start_epoch: int = field(20, ge=0)
-    seed: int = field(0, ge=0)
-    eval_context_bsz: int = field(100, ge=1)
-    eval_query_bsz: int = field(50, ge=1)
-    num_workers: int = field(0, ge=0)
-    grad_clip: float = field(1.0, ge=0.0)  # per-tensor clipping norm (0: off)
+    weight_decay: float = field(0.01, ge=0.0, le=1.0)
+    batch_videos: int = field(128, ge=1, le=100_000)
+    epochs: int = field(100, ge=1, le=100_000)
+    max_es_cnt: int = field(10, ge=0, le=100_000)
+    hard_negative_start_epoch: int = field(20, ge=0, le=100_000)
+    seed: int = field(0, ge=0, le=2**32 - 1)  # numpy's seed range
+    eval_context_bsz: int = field(100, ge=1, le=100_000)
+    eval_query_bsz: int = field(50, ge=1, le=100_000)
+    num_workers: int = field(0, ge=0, le=256)
+    grad_clip: float = field(1.0, ge=0.0, le=1e6)  # per-tensor clipping norm (0: off)
     amp: bool = False  # bf16 autocast for training steps and their validation (opt-in; fp32 is the faithful default)
-    recompute_videos: int = field(16, ge=0)  # > 0: recompute branch activations in backward, so many videos at a time
+    recompute_videos: int = field(16, ge=0, le=100_000)  # > 0: recompute branch activations in backward, so many videos at a time
 
 
 @dataclass
 class DataConfig(Section):
     section: ClassVar[str] = "data"
 
-    collection: str = "charades"
-    visual_feature: str | None = None  # default per collection
-    root: str | None = None
+    collection: str = field("charades", pattern=NAME_PATTERN)  # a folder name under the data root
+    visual_feature: str | None = field(None, pattern=NAME_PATTERN)  # a folder under FeatureData (default per collection)
+    root: str | None = field(None, pattern=r"(?s).+")  # the dataset root (stored absolute by `prvr train`)
 
 
 @dataclass
@@ -281,8 +303,10 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: config file not found")
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
         raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(cfg.train.seed)
     untrained = evaluate(build_model(cfg.model).eval(), layout, "test").metrics
     run = args.out / "run"
-    train(cfg, run, progress=True, log=console.print)
+    train(cfg, run, progress=True, log=console.print, overwrite=True)  # the demo starts its runs over
     console.print("[bold]3/5[/] evaluating the best checkpoint on the test split")
     model, _, state = load_checkpoint(run / "best.safetensors")
     trained = evaluate(model, layout, "test").metrics
@@ -84,7 +84,7 @@ def free_text(out: Path, console: Console, model: str = "dreamprvr") -> None:
         write_everyday(root)
     cfg = resolve(model, "charades", overrides=EVERYDAY_OVERRIDES + [("data.root", str(root))])
     run = out / "everyday-run"
-    train(cfg, run, progress=True, log=console.print)
+    train(cfg, run, progress=True, log=console.print, overwrite=True)  # the demo starts its runs over
     index = out / "everyday-index"
     build_index(run / "best.safetensors", layout, "test", index, progress=False)
     console.print(f"[bold]5/5[/] indexed {len(Retriever(index))} test videos in {index}; searching {DEMO_QUERY!r}")

@@ -15,3 +15,11 @@ class DataError(PrvrError):
 
 class CheckpointError(PrvrError):
     """A checkpoint cannot be read or does not fit the model."""
+
+
+class OutputError(PrvrError):
+    """An output cannot be written: read-only or missing directory, full disk, no permission."""
+
+
+class NonFiniteError(PrvrError):
+    """A NaN or Inf where a number enters: features, weights, a loss or a score."""

@@ -84,7 +84,7 @@ def test_index_and_free_text_search(extracted, tmp_path):
     assert rt.video("kitchen")["file"].endswith("kitchen.avi")
     assert [h.video_id for h in rt.search("a red ball", 3)] == [h.video_id for h in rt.search("a red ball", 3)]
     for args, expect in [([index, "   "], "empty query"), ([index, "x" * 1001], "at most 1000"),
-                         ([index, "ok", "-k", "1001"], "k=1001"), ([index], "either a free-text query")]:
+                         ([index, "ok", "-k", "1001"], "1 <= x <= 1000"), ([index], "either a free-text query")]:
         r = cli("search", *args)
         assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
 

@@ -118,7 +118,7 @@ def test_cli_search_and_bad_input(trained, tmp_path):
     for args, expect in [
         (["search", tmp_path / "missing", "--query-id", qid, "--data", root], "not a prvr index"),
         (["search", bad_manifest, "--query-id", qid, "--data", root], "corrupt manifest"),
-        (["search", index, "--query-id", qid, "--data", root, "-k", "0"], "k=0"),
+        (["search", index, "--query-id", qid, "--data", root, "-k", "0"], "1 <= x <= 1000"),
         (["search", index, "--query-id", "nosuch#enc#0", "--data", root], "nosuch#enc#0"),
         (["index", "add", "--checkpoint", "/x.safetensors", "--data", root, "--out", tmp_path / "none"], "no index"),
     ]:

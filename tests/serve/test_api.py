@@ -6,7 +6,7 @@ from prvr.serve.app import create_app
 
 @pytest.fixture(scope="module")
 def client(own_index):
-    return TestClient(create_app(own_index))
+    return TestClient(create_app(own_index), base_url="http://127.0.0.1")
 
 
 def test_health_and_docs(client):

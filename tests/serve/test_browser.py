@@ -86,3 +86,18 @@ def test_search_page_end_to_end(server, browser):
     browser.find_element(By.ID, "go").click()
     wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "empty query"))
     assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+
+
+def test_api_docs_render_offline(server, browser):
+    """/docs is Swagger UI from the server's own files, under its CSP: the browser renders the API, and every
+    resource it loaded came from the server itself."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/docs")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"))
+    assert "prvr" in browser.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
+    paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/search", "/videos/{video_id}"} <= paths
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(u.startswith(server) for u in loaded), loaded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -21,3 +22,20 @@ Collection = Annotated[str, typer.Option("--collection", "-c", help="activitynet
 Feature = Annotated[str | None, typer.Option("--feature", help="visual feature folder (default per collection)")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps")]
 Quiet = Annotated[bool, typer.Option(help="no progress bars")]
+
+
+class Split(str, Enum):
+    """A caption split of the release layout."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+class IndexSplit(str, Enum):
+    """The videos to index: those of a caption split, or every video with features."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"

@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 
-from prvr.cli.common import Device, Feature, app, console, index_app
+from prvr.cli.common import Device, Feature, IndexSplit, app, console, index_app
 from prvr.errors import PrvrError
+
+MAX_K = 1000  # prvr.index.search.MAX_K (not imported here: the CLI starts without torch)
 
 IndexOut = Annotated[Path, typer.Option(help="index directory")]
 Checkpoint = Annotated[Path, typer.Option(help="prvr checkpoint (.safetensors)")]
@@ -18,8 +20,17 @@ CollectionOpt = Annotated[str | None, typer.Option(help="default: from the check
 QuietBar = Annotated[bool, typer.Option(help="no progress bar")]
 
 
+SkipBad = Annotated[bool, typer.Option(help="leave out empty, wrong-width or NaN/Inf videos (each with a warning) "
+                                              "instead of stopping")]
+MediaRoot = Annotated[list[Path] | None, typer.Option("--media-root", help="also record this folder of video files "
+                                                      "(repeatable); `prvr serve` sends files from under recorded "
+                                                      "folders only")]
+
+
 def _index_cmd(checkpoint: Path, data: Path, out: Path, split: str, collection: str | None, feature: str | None,
-               device: str, quiet: bool, adding: bool) -> None:
+               device: str, quiet: bool, adding: bool, skip_bad: bool, media_roots: list[Path] | None) -> None:
+    import sys
+
     from prvr.data.layout import DatasetLayout
     from prvr.device import resolve_device
     from prvr.index.build import build_index
@@ -27,36 +38,40 @@ def _index_cmd(checkpoint: Path, data: Path, out: Path, split: str, collection: 
 
     if adding and not (out / "manifest.json").exists():
         raise PrvrError(f"{out}: no index to add to (build it with `prvr index build`)")
+    for root in media_roots or []:
+        if not root.is_dir():
+            raise PrvrError(f"--media-root {root}: not a directory")
     cfg = load_config(checkpoint)
     layout = DatasetLayout(data, collection or cfg.data.collection, feature or cfg.data.visual_feature)
     if split != "all" and not layout.caption_file(split).exists():
         raise PrvrError(f"{layout.caption_file(split)}: caption file for split {split!r} not found")
-    m = build_index(checkpoint, layout, split, out, resolve_device(device), progress=not quiet)
+    m = build_index(checkpoint, layout, split, out, resolve_device(device), progress=not quiet, skip_bad=skip_bad,
+                    warn=lambda msg: print(msg, file=sys.stderr), media_roots=[str(r) for r in media_roots or []])
     console.print(f"{out}: {m['n_videos']} videos in {len(m['shards'])} shard(s)")
 
 
 @index_app.command("build")
 def index_build(checkpoint: Checkpoint, data: Data, out: IndexOut,
-                split: Annotated[str, typer.Option(help="caption split whose videos are indexed, or all")] = "test",
+                split: Annotated[IndexSplit, typer.Option(help="caption split whose videos are indexed, or all")] = IndexSplit.test,
                 collection: CollectionOpt = None, feature: Feature = None, device: Device = "auto",
-                quiet: QuietBar = False):
+                quiet: QuietBar = False, skip_bad: SkipBad = False, media_root: MediaRoot = None):
     """Encode every video of a split once and store its tokens (float16, memory-mapped). Re-running resumes."""
-    _index_cmd(checkpoint, data, out, split, collection, feature, device, quiet, adding=False)
+    _index_cmd(checkpoint, data, out, split.value, collection, feature, device, quiet, False, skip_bad, media_root)
 
 
 @index_app.command("add")
 def index_add(checkpoint: Annotated[Path, typer.Option(help="the checkpoint the index was built with")],
               data: Data, out: IndexOut,
-              split: Annotated[str, typer.Option(help="caption split whose videos are added")] = "test",
+              split: Annotated[IndexSplit, typer.Option(help="caption split whose videos are added, or all")] = IndexSplit.test,
               collection: CollectionOpt = None, feature: Feature = None, device: Device = "auto",
-              quiet: QuietBar = False):
+              quiet: QuietBar = False, skip_bad: SkipBad = False, media_root: MediaRoot = None):
     """Append the videos of another split or dataset to an existing index (ids already present are skipped)."""
-    _index_cmd(checkpoint, data, out, split, collection, feature, device, quiet, adding=True)
+    _index_cmd(checkpoint, data, out, split.value, collection, feature, device, quiet, True, skip_bad, media_root)
 
 
 @index_app.command("ann")
 def index_ann(index: Annotated[Path, typer.Argument(help="index directory")],
-              nlist: Annotated[int | None, typer.Option(help="inverted lists (default ~4 sqrt(tokens))")] = None):
+              nlist: Annotated[int | None, typer.Option(min=1, max=65536, help="inverted lists (default ~4 sqrt(tokens))")] = None):
     """Build the approximate stage over every token (FAISS) for large collections; search then re-ranks exactly."""
     from prvr.index.ann import build_ann
 
@@ -69,7 +84,7 @@ def search(index: Annotated[Path, typer.Argument(help="index directory")],
            text: Annotated[str | None, typer.Argument(help="free-text query (needs an index with a text encoder)")] = None,
            query_id: Annotated[str | None, typer.Option("--query-id", help="search with this caption's precomputed features")] = None,
            data: Annotated[Path | None, typer.Option(help="dataset root holding that caption's features")] = None,
-           top_k: Annotated[int, typer.Option("--top-k", "-k", help="number of results")] = 10,
+           top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=MAX_K, help="number of results")] = 10,
            json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
            exact: Annotated[bool, typer.Option(help="score every video even when an ANN stage exists")] = False,
            device: Device = "cpu"):

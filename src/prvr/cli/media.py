@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from prvr.cli.common import Collection, Device, Feature, Root, app, console
+from prvr.cli.common import Collection, Device, Feature, Root, Split, app, console
 
 
 @app.command()
@@ -16,15 +16,15 @@ def extract(videos: Annotated[Path, typer.Argument(help="folder of video files")
             collection: Collection, frame_encoder: Annotated[str, typer.Option(help="hf:DIR, a local vision checkpoint")],
             text_encoder: Annotated[str | None, typer.Option(help="hf:DIR, a local text checkpoint + tokenizer")] = None,
             captions: Annotated[Path | None, typer.Option(help="'<video_id> text' or '<video_id>#enc#<n> text' per line")] = None,
-            split: Annotated[str, typer.Option(help="split the captions belong to")] = "test",
-            fps: Annotated[float, typer.Option(help="frames sampled per second")] = 1.0,
+            split: Annotated[Split, typer.Option(help="split the captions belong to")] = Split.test,
+            fps: Annotated[float, typer.Option(min=0.01, max=1000.0, help="frames sampled per second")] = 1.0,
             feature: Feature = None, device: Device = "cpu",
             quiet: Annotated[bool, typer.Option(help="no progress bar")] = False):
     """Decode videos (PyAV), encode frames and captions, write the standard layout. Bad files are reported."""
     from prvr.device import resolve_device
     from prvr.encode.extract import extract as run_extract
 
-    rep = run_extract(videos, root, collection, frame_encoder, text_encoder, captions, split, fps, feature,
+    rep = run_extract(videos, root, collection, frame_encoder, text_encoder, captions, split.value, fps, feature,
                       resolve_device(device), progress=not quiet)
     console.print(f"{rep.layout.base}: {len(rep.videos)} videos, {rep.n_captions} captions")
     for f in rep.failures:
@@ -36,13 +36,46 @@ def extract(videos: Annotated[Path, typer.Argument(help="folder of video files")
 
 @app.command()
 def serve(index: Annotated[Path, typer.Argument(help="index directory")],
-          host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-          port: Annotated[int, typer.Option(help="port")] = 8000, device: Device = "cpu"):
+          host: Annotated[str, typer.Option(help="address to bind (beyond loopback, set --token)")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535, help="port")] = 8000,
+          media_root: Annotated[list[Path] | None, typer.Option(
+              "--media-root", help="folder whose video files may be sent (repeatable; the folders recorded in the "
+                                   "index when its videos were extracted count too)")] = None,
+          allowed_host: Annotated[list[str] | None, typer.Option(
+              "--allowed-host", help="another Host name clients may use, e.g. a DNS name of this machine "
+                                     "(repeatable; '*': any)")] = None,
+          token: Annotated[str | None, typer.Option(envvar="PRVR_TOKEN", show_envvar=True,
+                                                    help="require this token from clients (Authorization: Bearer, "
+                                                         "or /?token= once in a browser); >= 16 characters")] = None,
+          threads: Annotated[int | None, typer.Option(min=1, max=256, help="torch threads of the search worker "
+                                                                            "(default: min(4, CPU cores))")] = None,
+          max_batch: Annotated[int, typer.Option(min=1, max=1024, help="concurrent queries scored together")] = 32,
+          max_pending: Annotated[int, typer.Option(min=1, max=100_000, help="queries waiting before the server "
+                                                                            "answers 503")] = 256,
+          device: Device = "cpu"):
     """HTTP API (GET /search, /videos/{id}, /health; OpenAPI docs at /docs) and a search page at /."""
     from prvr.device import resolve_device
+    from prvr.errors import PrvrError
     from prvr.index.search import Retriever
+    from prvr.serve.app import LOOPBACK_NAMES, MIN_TOKEN_CHARS, ServeSettings, default_allowed_hosts
     from prvr.serve.app import serve as run_server
 
+    for root in media_root or []:
+        if not root.is_dir():
+            raise PrvrError(f"--media-root {root}: not a directory")
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise PrvrError(f"--token: {len(token)} characters, expected at least {MIN_TOKEN_CHARS} (e.g. "
+                        "python -c 'import secrets; print(secrets.token_urlsafe())')")
+    settings = ServeSettings(host=host, allowed_hosts=list(allowed_host or []), media_roots=list(media_root or []),
+                             token=token, max_batch=max_batch, max_pending=max_pending)
+    if threads:
+        settings.threads = threads
     retriever = Retriever(index, resolve_device(device))  # a missing or corrupt index fails here, in one line
-    console.print(f"serving {index} ({len(retriever)} videos) on http://{host}:{port}/ (API docs at /docs)")
-    run_server(retriever, host, port)
+    if default_allowed_hosts(host) != list(LOOPBACK_NAMES) and token is None:
+        print(f"warning: serving on {host} beyond loopback without --token: anyone who can reach port {port} can "
+              "search the index and fetch its videos", file=sys.stderr)
+    roots = [*settings.media_roots, *retriever.manifest.get("media_roots", [])]
+    console.print(f"serving {index} ({len(retriever)} videos) on http://{host}:{port}/ (API docs at /docs); "
+                  f"video files from: {', '.join(map(str, roots)) or 'nowhere (no --media-root)'}",
+                  markup=False, highlight=False)
+    run_server(retriever, host, port, settings=settings)

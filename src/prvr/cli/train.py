@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from prvr.cli.common import Device, Feature, Quiet, app, console
+from prvr.cli.common import Device, Feature, Quiet, Split, app, console
+from prvr.config import parse_set
 from prvr.errors import PrvrError
 
 ModelName = Annotated[str | None, typer.Option("--model", "-m", help="registered model (see `prvr models`); default dreamprvr")]
@@ -20,29 +21,40 @@ def train(preset: Annotated[str | None, typer.Option(help="dataset preset of the
           out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/prvr"),
           config: Annotated[Path | None, typer.Option(help="YAML file overriding the preset")] = None,
           set_: Annotated[list[str] | None, typer.Option("--set", help="section.key=value, repeatable")] = None,
-          epochs: Annotated[int | None, typer.Option(help="shortcut for --set train.epochs=N")] = None,
-          seed: Annotated[int | None, typer.Option(help="shortcut for --set train.seed=N")] = None,
-          resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+          epochs: Annotated[int | None, typer.Option(min=1, max=100_000, help="shortcut for --set train.epochs=N")] = None,
+          seed: Annotated[int | None, typer.Option(min=0, max=2**32 - 1, help="shortcut for --set train.seed=N")] = None,
+          resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint, with its "
+                                                     "saved config (--set, --epochs, --data change it)")] = False,
+          overwrite: Annotated[bool, typer.Option(help="start over when --out holds a run (its files are replaced)")] = False,
+          skip_bad: Annotated[bool, typer.Option(help="leave out empty, wrong-width or NaN/Inf videos and captions "
+                                                       "(each with a warning) instead of stopping")] = False,
           device: Device = "auto", quiet: Quiet = False,
           amp: Annotated[bool, typer.Option(help="shortcut for --set train.amp=true (bf16 autocast)")] = False):
     """Train a model with the original optimisation; best/last checkpoints and metrics.jsonl in --out."""
-    from prvr.config import parse_set, read_yaml
     from prvr.device import resolve_device
     from prvr.eval.report import metrics_table
-    from prvr.models.presets import config_from_dict, resolve
+    from prvr.models.presets import resolve
     from prvr.train.loop import train as run_train
+    from prvr.train.rundir import resume_config
 
     overrides = [parse_set(s) for s in set_ or []]  # typed shortcuts below are set as values, not re-parsed text
     overrides += [(k, v) for k, v in (("train.epochs", epochs), ("train.seed", seed)) if v is not None]
     if data is not None:
-        overrides.append(("data.root", str(data)))
+        overrides.append(("data.root", str(data.expanduser().absolute())))
     if amp:
         overrides.append(("train.amp", True))
-    if resume and (out / "config.yaml").exists() and not (preset or config or set_ or amp or model):
-        cfg = config_from_dict(read_yaml(out / "config.yaml"), where=str(out / "config.yaml"))
+    dev = resolve_device(device)
+    if resume:
+        if preset or model:
+            raise PrvrError("--resume continues the run's saved config: drop --preset/--model (change single "
+                            "values with --set, --epochs or --data)")
+        if not (out / "last.safetensors").exists():
+            raise PrvrError(f"{out / 'last.safetensors'}: nothing to resume (no last checkpoint in {out})")
+        cfg = resume_config(out, config, overrides)
     else:
         cfg = resolve(model, preset, config, overrides)
-    res = run_train(cfg, out, resolve_device(device), resume=resume, progress=not quiet)
+    res = run_train(cfg, out, dev, resume=resume, progress=not quiet, overwrite=overwrite, skip_bad=skip_bad,
+                    log=lambda msg: console.print(msg, markup=False, highlight=False, soft_wrap=True))
     if res.best_metrics:
         console.print(metrics_table({f"best (epoch {res.best_epoch})": res.best_metrics}))
     console.print(f"checkpoints in {res.out_dir}")
@@ -51,38 +63,52 @@ def train(preset: Annotated[str | None, typer.Option(help="dataset preset of the
 @app.command("eval")
 def evaluate_cmd(checkpoint: Annotated[Path, typer.Option(help="prvr checkpoint (.safetensors)")],
                  data: Annotated[Path, typer.Option(help="dataset root")],
-                 split: Annotated[str, typer.Option(help="val | test | train")] = "test",
+                 split: Annotated[Split, typer.Option(help="caption split to evaluate")] = Split.test,
                  collection: Annotated[str | None, typer.Option(help="default: from the checkpoint")] = None,
                  feature: Feature = None,
                  save_scores: Annotated[Path | None, typer.Option(help="write the (queries x videos) matrix (.npy)")] = None,
                  json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics as JSON")] = None,
+                 skip_bad: Annotated[bool, typer.Option(help="leave out empty, wrong-width or NaN/Inf videos and "
+                                                              "captions (each with a warning) instead of stopping")] = False,
                  device: Device = "auto", quiet: Quiet = False,
                  amp: Annotated[bool, typer.Option(help="encode under bf16 autocast (faster, not bit-faithful)")] = False):
     """Evaluate a checkpoint on a split: R@1/5/10/100 and SumR, the original protocol."""
+    import sys
+
+    from prvr.data.datasets import SplitIndex, check_dims, screen_split
     from prvr.data.layout import DatasetLayout
     from prvr.device import resolve_device
     from prvr.eval.evaluator import evaluate
     from prvr.eval.evaluator import save_scores as write_scores
     from prvr.eval.report import metrics_table
-    from prvr.io import write_json_atomic
+    from prvr.io import check_writable, write_json_atomic
     from prvr.models.checkpoint import load_checkpoint
 
+    split = split.value
+    for path, what in ((save_scores, "--save-scores"), (json_out, "--json")):
+        if path is not None:  # before the evaluation, not after it
+            check_writable(path, what)
     dev = resolve_device(device)
     model, cfg, _ = load_checkpoint(checkpoint, dev)
     layout = DatasetLayout(data, collection or cfg.data.collection, feature or cfg.data.visual_feature)
     if not layout.caption_file(split).exists():
         raise PrvrError(f"{layout.caption_file(split)}: caption file for split {split!r} not found")
+    index = SplitIndex.from_layout(layout, split)
+    check_dims(layout, index, cfg.model.visual_dim, cfg.model.text_dim, f"checkpoint {checkpoint}")
+    if skip_bad:
+        index = screen_split(layout, index, cfg.model.visual_dim, cfg.model.text_dim, True,
+                             lambda m: print(m, file=sys.stderr))
     res = evaluate(model, layout, split, cfg.train.eval_context_bsz, cfg.train.eval_query_bsz, dev,
-                   keep_scores=save_scores is not None, progress=not quiet, amp=amp)
+                   keep_scores=save_scores is not None, progress=not quiet, amp=amp, index=index)
     console.print(metrics_table({f"{layout.collection} {split}": res.metrics},
                                 f"{len(res.query_ids)} queries x {len(res.video_ids)} videos"))
     if save_scores is not None:
         write_scores(save_scores, res.scores)
         console.print(f"scores written to {save_scores} (rows: caption-file order, columns: first appearance)")
     if json_out is not None:
-        write_json_atomic(json_out, {"checkpoint": str(checkpoint), "split": split, "collection": layout.collection,
-                                     "model": cfg.model_name, "n_queries": len(res.query_ids),
-                                     "n_videos": len(res.video_ids), **res.metrics})
+        write_json_atomic(json_out, {"checkpoint": str(checkpoint.absolute()), "split": split,
+                                     "collection": layout.collection, "model": cfg.model_name,
+                                     "n_queries": len(res.query_ids), "n_videos": len(res.video_ids), **res.metrics})
 
 
 @app.command("convert-checkpoint")

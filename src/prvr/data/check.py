@@ -37,7 +37,9 @@ def _check_matrix(arr: np.ndarray, where: str, what: str, expected_dim: int | No
 
 
 def check_dataset(layout: DatasetLayout, visual_dim: int | None = None, text_dim: int | None = None,
-                  progress: bool = False) -> CheckReport:
+                  progress: bool = False, expected_splits: list[str] | None = None) -> CheckReport:
+    """Every problem of a dataset, one line each. `expected_splits`: caption files that must be there (a missing
+    one is a problem); the splits present are checked either way."""
     from tqdm import tqdm
 
     rep = CheckReport()
@@ -45,6 +47,10 @@ def check_dataset(layout: DatasetLayout, visual_dim: int | None = None, text_dim
     if not splits:
         rep.problems.append(f"{layout.text_dir}: no caption files ({layout.collection}{{train,val,test}}.caption.txt)")
         return rep
+    for split in expected_splits or []:
+        if split not in splits:
+            rep.problems.append(f"{layout.caption_file(split)}: caption file of split {split!r} not found "
+                                "(pass --split to check only the splits you have)")
     try:
         videos = open_video_features(layout)
         vfile = str(getattr(videos, "path", layout.feature_dir))
@@ -71,7 +77,12 @@ def check_dataset(layout: DatasetLayout, visual_dim: int | None = None, text_dim
                 if vid in seen_videos:
                     continue
                 seen_videos.add(vid)
-                if vid not in videos:
+                try:
+                    present = vid in videos
+                except DataError as e:
+                    rep.problems.append(str(e))
+                    break
+                if not present:
                     rep.problems.append(f"{vfile}: no features for video {vid!r} (captions in {cap_file.name})")
                     continue
                 try:
@@ -84,10 +95,19 @@ def check_dataset(layout: DatasetLayout, visual_dim: int | None = None, text_dim
         if queries is not None:
             qfile = str(queries.path)
             for qid in tqdm(q_ids, desc=f"{split} queries", disable=not progress):
-                if qid not in queries:
+                try:
+                    present = qid in queries
+                except DataError as e:
+                    rep.problems.append(str(e))
+                    break
+                if not present:
                     rep.problems.append(f"{qfile}: no token features for caption {qid!r} ({cap_file.name})")
                     continue
-                arr = queries.file[qid][...]
+                try:
+                    arr = queries.get(qid)
+                except DataError as e:
+                    rep.problems.append(str(e))
+                    continue
                 d = _check_matrix(arr, qfile, f"caption {qid!r}", text_dim or rep.text_dim, rep.problems)
                 rep.text_dim = rep.text_dim or d
     return rep

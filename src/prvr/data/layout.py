@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from prvr.errors import DataError
+from prvr.config import NAME_PATTERN
+from prvr.errors import ConfigError, DataError
 
 # collection -> default visual feature folder of the release
 COLLECTIONS: dict[str, str] = {"activitynet": "i3d", "charades": "i3d_rgb_lgi", "tvr": "i3d_resnet"}
@@ -38,6 +40,10 @@ class DatasetLayout:
         object.__setattr__(self, "collection", canonical_collection(self.collection))
         if self.visual_feature is None:
             object.__setattr__(self, "visual_feature", COLLECTIONS.get(self.collection, "features"))
+        for what, name in (("collection", self.collection), ("visual feature", self.visual_feature)):
+            if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+                raise ConfigError(f"{what} {name!r}: expected a plain folder name (letters, digits, _ . + -; "
+                                  "no path separators)")
 
     @property
     def base(self) -> Path:
@@ -72,6 +78,11 @@ class DatasetLayout:
         return self.feature_dir / "video_info.json"
 
     @property
+    def media_roots_file(self) -> Path:
+        """Optional record of the folders the videos were extracted from (written by `prvr extract`)."""
+        return self.feature_dir / "media_roots.json"
+
+    @property
     def text_encoder_file(self) -> Path:
         """Optional record of the text encoder the query tokens came from (written by extract, everyday)."""
         return self.text_dir / "text_encoder.json"
@@ -81,23 +92,39 @@ class DatasetLayout:
 
 
 def read_captions(path: Path) -> list[tuple[str, str]]:
-    """Read a caption file: one `<cap_id> <text>` per line, in file order."""
+    """Read a caption file: one `<cap_id> <text>` per line, in file order (UTF-8)."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise DataError(f"{path}: caption file not found")
     out: list[tuple[str, str]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            cap_id, _, text = line.partition(" ")
-            if "#" not in cap_id:
-                raise DataError(f"{path}:{lineno}: caption id {cap_id!r} is not of the form <video_id>#enc#<n>")
-            out.append((cap_id, text))
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                cap_id, _, text = line.partition(" ")
+                if "#" not in cap_id or not video_id_of(cap_id):
+                    raise DataError(f"{path}:{lineno}: caption id {cap_id!r} is not of the form <video_id>#enc#<n>")
+                out.append((cap_id, text))
+    except UnicodeDecodeError as e:
+        line_no = _line_of_byte(path)
+        raise DataError(f"{path}:{line_no}: not UTF-8 text ({e.reason}); expected a UTF-8 caption file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the caption file ({e.strerror})") from None
     if not out:
         raise DataError(f"{path}: no captions")
     return out
+
+
+def _line_of_byte(path: Path) -> int:
+    """The line holding the first byte that is not UTF-8 (the decoder's offset is within its chunk)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return data.count(b"\n", 0, e.start) + 1
+    return 0
 
 
 def split_index(captions: list[tuple[str, str]]) -> tuple[list[str], list[str], list[int]]:

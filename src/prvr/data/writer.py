@@ -1,14 +1,17 @@
 """The one writer of the standard release layout: synthetic benchmarks, the everyday corpus and `prvr extract`
 all write through `DatasetWriter`, so every dataset prvr makes is laid out exactly like the authors' release.
 
-Features and query tokens stream into temporary HDF5 files; on a clean exit every file is moved into place
-atomically (caption files, video2frames.txt, video_info.json, text_encoder.json, extra JSON). On an error the
-temporaries are removed and the files of a previous run stay as they were.
+Features and query tokens stream into temporary HDF5 files; on a clean exit every file is first complete in its
+temporary (caption files, video2frames.txt, video_info.json, text_encoder.json, media_roots.json, extra JSON),
+then all are moved into place, and layout files of a previous dataset that this one lacks are removed. On an
+error (a full disk included) the temporaries are removed and the files of a previous run stay as they were.
+Non-finite features are refused where they enter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,9 @@ import h5py
 import numpy as np
 
 from prvr.data.features import read_video2frames
-from prvr.data.layout import DatasetLayout
+from prvr.data.layout import SPLITS, DatasetLayout
 from prvr.errors import DataError
-from prvr.io import atomic_path, write_json_atomic, write_text_atomic
+from prvr.io import atomic_path, output_error, write_text_atomic
 
 
 class DatasetWriter:
@@ -32,8 +35,10 @@ class DatasetWriter:
         self._info: dict[str, dict] = {}
         self._captions: dict[str, list[str]] = defaultdict(list)
         self._text_encoder: dict | None = None
+        self._media_roots: list[str] = []
         self._extra: dict[str, Any] = {}
         self.visual_dim: int | None = None
+        self._written: set[Path] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> DatasetWriter:
@@ -48,8 +53,13 @@ class DatasetWriter:
         stack, self._stack = self._stack, None
         if exc_type is not None:  # the temporaries are removed, previous files stay
             return bool(stack.__exit__(exc_type, exc, tb))
-        with stack:  # closes the HDF5 files and renames them into place (or removes them if this raises)
-            self._write_text_files()
+        if not self._frame_ids:
+            err = DataError(f"{self.layout.base}: no video was written; the previous files stay as they were")
+            stack.__exit__(DataError, err, None)
+            raise err
+        with stack:  # every file is complete in its temporary before the first rename
+            self._write_text_files(stack)
+        self._remove_stale()  # files of a previous dataset here that this one does not have
         return False
 
     # ------------------------------------------------------------------ content
@@ -64,7 +74,9 @@ class DatasetWriter:
             raise DataError(f"video {video_id!r}: dim {features.shape[1]}, expected {self.visual_dim} like the others")
         if video_id in self._frame_ids:
             raise DataError(f"video {video_id!r} written twice")
-        self._videos.create_dataset(video_id, data=features)
+        if not np.isfinite(features).all():
+            raise DataError(f"video {video_id!r}: features contain NaN or Inf")
+        _create(self._videos, self.layout.feature_hdf5, video_id, features)
         self._frame_ids[video_id] = [f"{video_id}_{i}" for i in range(len(features))]
         if info is not None:
             self._info[video_id] = info
@@ -79,11 +91,18 @@ class DatasetWriter:
         if self._queries is None:
             tmp = self._stack.enter_context(atomic_path(self.layout.query_feature_file))
             self._queries = self._stack.enter_context(h5py.File(tmp, "w"))
-        self._queries.create_dataset(cap_id, data=np.asarray(tokens, dtype=np.float32))
+        tokens = np.asarray(tokens, dtype=np.float32)
+        if tokens.ndim != 2 or tokens.shape[0] == 0 or not np.isfinite(tokens).all():
+            raise DataError(f"caption {cap_id!r}: token features of shape {tokens.shape} must be (n >= 1, dim) and finite")
+        _create(self._queries, self.layout.query_feature_file, cap_id, tokens)
 
     def set_text_encoder(self, spec: dict) -> None:
         """The text encoder the query tokens came from, so free-text queries are later encoded the same way."""
         self._text_encoder = spec
+
+    def set_media_roots(self, roots: list[str | Path]) -> None:
+        """The folders the videos were read from: `prvr serve` sends video files from under them only."""
+        self._media_roots = sorted({str(Path(r).resolve()) for r in roots})
 
     def add_json(self, name: str, obj: Any) -> None:
         """An extra JSON file under <root>/<collection>/ (e.g. synthetic.json)."""
@@ -93,17 +112,51 @@ class DatasetWriter:
     def video_ids(self) -> list[str]:
         return list(self._frame_ids)
 
-    def _write_text_files(self) -> None:
+    def _text_files(self) -> dict[Path, str]:
         lay = self.layout
-        for split, lines in self._captions.items():
-            write_text_atomic(lay.caption_file(split), "\n".join(lines) + "\n")
-        write_text_atomic(lay.video2frames_file, repr(self._frame_ids))
+        files = {lay.caption_file(split): "\n".join(lines) + "\n" for split, lines in self._captions.items()}
+        files[lay.video2frames_file] = repr(self._frame_ids)
         if self._info:
-            write_json_atomic(lay.video_info_file, self._info)
+            files[lay.video_info_file] = _json(self._info)
         if self._text_encoder is not None:
-            write_json_atomic(lay.text_encoder_file, self._text_encoder)
+            files[lay.text_encoder_file] = _json(self._text_encoder)
+        if self._media_roots:
+            files[lay.media_roots_file] = _json({"roots": self._media_roots})
         for name, obj in self._extra.items():
-            write_json_atomic(lay.base / name, obj)
+            files[lay.base / name] = _json(obj)
+        return files
+
+    def _write_text_files(self, stack: contextlib.ExitStack) -> None:
+        """Into temporaries held by `stack`: they are renamed into place together when it closes."""
+        self._written = set(self._text_files())
+        for path, text in self._text_files().items():
+            stack.enter_context(atomic_path(path)).write_text(text, encoding="utf-8")
+
+    def _remove_stale(self) -> None:
+        lay = self.layout
+        ours = self._written | {lay.feature_hdf5} | ({lay.query_feature_file} if self._queries is not None else set())
+        candidates = [lay.caption_file(s) for s in SPLITS] + [
+            lay.query_feature_file, lay.video_info_file, lay.text_encoder_file, lay.media_roots_file,
+            *(lay.feature_dir / n for n in BIGFILE_PARTS)]  # a BigFile beside the new feature.hdf5 would be stale
+        for path in candidates:
+            if path not in ours:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
+BIGFILE_PARTS = ("feature.bin", "id.txt", "shape.txt")
+
+
+def _create(h5: h5py.File, path: Path, name: str, data: np.ndarray) -> None:
+    """One dataset into an HDF5 file being written to `path`: a failed write (full disk) names that file."""
+    try:
+        h5.create_dataset(name, data=data)
+    except OSError as e:
+        raise output_error(path, e) from None
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, allow_nan=False) + "\n"
 
 
 def write_bigfile(layout: DatasetLayout) -> None:

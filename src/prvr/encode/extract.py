@@ -19,6 +19,7 @@ from prvr.data.writer import DatasetWriter
 from prvr.encode.encoders import load_frame_encoder, load_text_encoder
 from prvr.encode.video import VIDEO_SUFFIXES, decode
 from prvr.errors import DataError, PrvrError
+from prvr.io import check_writable
 
 _ID = re.compile(r"^[^#\s]+$")
 
@@ -43,7 +44,10 @@ def _read_caption_lines(path: Path) -> list[tuple[str, str]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: caption file not found")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason}); expected a UTF-8 caption file") from None
     if all("#" in ln.split(" ", 1)[0] for ln in lines):
         return read_captions(path)
     counts: dict[str, int] = {}
@@ -65,7 +69,10 @@ def extract(videos_dir: Path, root: Path, collection: str, frame_encoder: str, t
         raise PrvrError(f"{videos_dir}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
     if captions is not None and text_encoder is None:
         raise PrvrError("--captions needs --text-encoder to encode them")
+    if not fps > 0 or fps > 1000:
+        raise PrvrError(f"fps={fps}: expected 0 < fps <= 1000")
     caps = _read_caption_lines(captions) if captions is not None else []
+    check_writable(root, "dataset root", directory=True)  # before any decoding
     fenc = load_frame_encoder(frame_encoder, device)
     tenc = load_text_encoder(text_encoder, device) if text_encoder else None  # fail early, before any decoding
     rep = ExtractReport(DatasetLayout(root, collection, feature))
@@ -83,6 +90,10 @@ def extract(videos_dir: Path, root: Path, collection: str, frame_encoder: str, t
             out.add_video(vid, fenc.encode(video.frames),
                           {"duration": video.duration, "frame_times": video.times, "file": str(path.resolve())})
             rep.videos.append(vid)
+        if not rep.videos:  # nothing is written; the previous dataset there (if any) stays as it was
+            raise DataError(f"{videos_dir}: none of the {len(files)} video files could be extracted "
+                            f"(e.g. {rep.failures[0]})")
+        out.set_media_roots([Path(videos_dir)])  # `prvr serve` sends files from under recorded folders only
         if tenc is not None:
             out.set_text_encoder(tenc.spec)
         extracted = set(rep.videos)

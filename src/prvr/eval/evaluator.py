@@ -14,6 +14,7 @@ from tqdm import tqdm
 from prvr.data.datasets import EvalQueries, EvalVideos, SplitIndex, collate_queries, collate_videos
 from prvr.data.layout import DatasetLayout
 from prvr.device import bf16_autocast
+from prvr.errors import DataError, NonFiniteError
 from prvr.eval.metrics import ranks_from_scores, recalls
 from prvr.models.base import PRVRModel, QueryRepr, VideoRepr
 
@@ -51,26 +52,46 @@ def encode_queries(model: PRVRModel, dataset: EvalQueries, batch_size: int = 50,
 
 @torch.no_grad()
 def rank_queries(model: PRVRModel, queries: QueryRepr, videos: VideoRepr, gt: torch.Tensor, chunk: int = 1024,
-                 keep_scores: bool = False) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Score queries against all videos in chunks of queries; ranks (N,) and optionally the full matrix."""
+                 keep_scores: bool = False, query_ids: list[str] | None = None,
+                 video_ids: list[str] | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Score queries against all videos in chunks of queries; ranks (N,) and optionally the full matrix.
+    A NaN/Inf score is refused (NonFiniteError naming the query and video): a NaN would rank first."""
     ranks, kept = [], []
     videos, queries = videos.normalize(), queries.normalize()  # once, not per chunk
     for start in range(0, len(queries), chunk):
         s = model.score(queries[start:start + chunk], videos)  # (chunk, V)
+        _check_finite_scores(s, start, query_ids, video_ids)
         ranks.append(ranks_from_scores(s, gt[start:start + chunk]))
         if keep_scores:
             kept.append(s.float().cpu().numpy())
     return torch.cat(ranks).cpu(), (np.concatenate(kept) if keep_scores else None)
 
 
+def _check_finite_scores(s: torch.Tensor, start: int, query_ids: list[str] | None,
+                         video_ids: list[str] | None) -> None:
+    bad = ~torch.isfinite(s)
+    if not bad.any():
+        return
+    q, v = (int(i) for i in bad.nonzero()[0])
+    qid = query_ids[start + q] if query_ids else f"#{start + q}"
+    vid = video_ids[v] if video_ids else f"#{v}"
+    raise NonFiniteError(f"{int(bad.sum())} non-finite scores, e.g. query {qid!r} against video {vid!r} is "
+                         f"{float(s[q, v])}: the model's weights or outputs are not finite; nothing was ranked")
+
+
 def evaluate(model: PRVRModel, layout: DatasetLayout, split: str, batch_videos: int = 100, batch_queries: int = 50,
              device="cpu", keep_scores: bool = False, progress: bool = False, num_workers: int = 0,
-             amp: bool = False) -> EvalResult:
+             amp: bool = False, index: SplitIndex | None = None) -> EvalResult:
     """Encode every video and query of a split, score and rank. `amp`: encode under bf16 autocast (faster on
-    CPUs with bf16 matrix units and on GPUs; scores then differ from fp32 in the third decimal); scoring stays fp32."""
+    CPUs with bf16 matrix units and on GPUs; scores then differ from fp32 in the third decimal); scoring stays fp32.
+    `index`: the split's queries and videos (default: read from its caption file; `screen_split` makes one that
+    leaves bad items out). Every video and caption is checked as it is read (width, NaN/Inf)."""
     cfg = model.cfg
-    index = SplitIndex.from_layout(layout, split)
-    kw = dict(map_size=cfg.map_size, max_ctx_l=cfg.max_ctx_l, max_desc_l=cfg.max_desc_l, index=index)
+    index = index or SplitIndex.from_layout(layout, split)
+    if not index.query_ids:
+        raise DataError(f"{layout.caption_file(split)}: no usable captions to evaluate")
+    kw = dict(map_size=cfg.map_size, max_ctx_l=cfg.max_ctx_l, max_desc_l=cfg.max_desc_l, index=index,
+              visual_dim=cfg.visual_dim, text_dim=cfg.text_dim)
     was_training = model.training
     model.eval()
     try:
@@ -81,7 +102,8 @@ def evaluate(model: PRVRModel, layout: DatasetLayout, split: str, batch_videos: 
         if amp:
             videos, queries = videos.map(lambda t: t.float()), queries.map(lambda t: t.float())
         gt = torch.tensor(index.labels, device=queries.vectors.device)
-        ranks, scores = rank_queries(model, queries, videos, gt, keep_scores=keep_scores)
+        ranks, scores = rank_queries(model, queries, videos, gt, keep_scores=keep_scores, query_ids=index.query_ids,
+                                     video_ids=index.video_ids)
     finally:
         model.train(was_training)
     return EvalResult(recalls(ranks), ranks, scores, index.query_ids, index.video_ids)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import torch
 
+from prvr.errors import NonFiniteError
+
 KS = (1, 5, 10, 100)
 
 
 def ranks_from_scores(scores: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """scores (N, V), gt (N,) video index of each query -> (N,) 1-based ranks."""
+    if not torch.isfinite(scores).all():  # NaN is never "higher": a NaN score would rank first
+        raise NonFiniteError(f"{int((~torch.isfinite(scores)).sum())} scores are NaN or Inf; refusing to rank them")
     gt_score = scores.gather(1, gt[:, None])  # (N, 1)
     return 1 + (scores > gt_score).sum(dim=1)
 

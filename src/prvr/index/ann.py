@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from prvr.errors import OutputError
 from prvr.index.store import IndexError_, layouts_of, load_shard, read_manifest
-from prvr.io import atomic_path, write_json_atomic
+from prvr.io import atomic_path, check_writable, write_json_atomic
 from prvr.models.base import QueryRepr
 
 ANN_FILE, ANN_META, ANN_OWNERS = "ann.faiss", "ann.json", "ann.owners.npy"
@@ -26,10 +27,11 @@ def build_ann(index: Path, nlist: int | None = None, train_size: int = 200_000, 
 
     index = Path(index)
     manifest = read_manifest(index)
+    check_writable(index / ANN_FILE, "ANN stage")
     if not manifest.get("normalized", True):
         raise IndexError_(f"{index}: this model does not score by max-similarity; its index is searched exactly")
     names = list(layouts_of(manifest))
-    shards = [load_shard(index / n, names) for n in manifest["shards"]]
+    shards = [load_shard(index / n, names, layouts_of(manifest)) for n in manifest["shards"]]
     parts = [(s, name) for s in shards for name in names]  # every (shard, token set), in a fixed order
     n_tokens = sum(s.sets[name].tokens.shape[0] for s, name in parts)
     if n_tokens == 0:
@@ -61,7 +63,10 @@ def build_ann(index: Path, nlist: int | None = None, train_size: int = 200_000, 
             token_base += len(st.tokens)
         video_base += len(s.ids)
     with atomic_path(index / ANN_FILE) as tmp:
-        faiss.write_index(ann, str(tmp))
+        try:
+            faiss.write_index(ann, str(tmp))
+        except RuntimeError as e:  # faiss reports a failed write (full disk) as a RuntimeError
+            raise OutputError(f"{index / ANN_FILE}: cannot write ({str(e).splitlines()[0][:200]})") from None
     with atomic_path(index / ANN_OWNERS) as tmp, open(tmp, "wb") as f:
         np.save(f, owners)
     meta = {"n_videos": video_base, "n_tokens": int(n_tokens), "nlist": ann.nlist, "token_sets": names,
@@ -75,13 +80,25 @@ class TokenANN:
         import faiss
 
         index = Path(index)
-        self.meta = json.loads((index / ANN_META).read_text())
-        self.ann = faiss.read_index(str(index / ANN_FILE))
+        try:
+            self.meta = json.loads((index / ANN_META).read_text(encoding="utf-8"))
+            self.ann = faiss.read_index(str(index / ANN_FILE))
+            self.owners = np.load(index / ANN_OWNERS, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, RuntimeError, UnicodeDecodeError, RecursionError) as e:
+            raise IndexError_(f"{index}: corrupt ANN stage ({e.__class__.__name__}; rebuild it with "
+                              "`prvr index ann`)") from None
+        m = self.meta
+        if (not isinstance(m, dict) or not isinstance(m.get("shards"), list) or not isinstance(m.get("token_sets"), list)
+                or not isinstance(m.get("n_videos"), int) or self.owners.ndim != 1
+                or len(self.owners) != self.ann.ntotal or not np.issubdtype(self.owners.dtype, np.integer)
+                or (len(self.owners) and (self.owners.min() < 0 or self.owners.max() >= m["n_videos"]))):
+            raise IndexError_(f"{index / ANN_META}: corrupt ANN stage (its parts do not agree; rebuild it with "
+                              "`prvr index ann`)")
         self.ann.nprobe = nprobe
-        self.owners = np.load(index / ANN_OWNERS, mmap_mode="r")
 
     def covers(self, manifest: dict) -> bool:
-        return self.meta["shards"] == manifest["shards"] and self.meta["token_sets"] == list(manifest["token_sets"])
+        return (self.meta["shards"] == manifest["shards"] and self.meta["token_sets"] == list(manifest["token_sets"])
+                and self.meta["n_videos"] == manifest.get("n_videos"))
 
     def candidates(self, q: QueryRepr, n_tokens: int, n_videos: int) -> np.ndarray:
         """A normalised query -> up to `n_videos` candidate videos (sorted global indices), ranked by their best

@@ -3,7 +3,6 @@ Any registered model: its `encode_videos` gives the token sets, its `token_layou
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,19 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from prvr.data.datasets import EvalVideos, SplitIndex, collate_videos
-from prvr.data.features import open_video_features, read_text_encoder, read_video_info
+from prvr.data.datasets import EvalVideos, SplitIndex, check_dims, collate_videos, screen_split
+from prvr.data.features import open_video_features, read_media_roots, read_text_encoder, read_video_info
 from prvr.data.layout import DatasetLayout
-from prvr.index.store import IndexError_, append_shard, create_index, read_manifest
+from prvr.errors import NonFiniteError
+from prvr.index.store import (
+    IndexError_,
+    append_shard,
+    create_index,
+    discard_empty_index,
+    load_shard,
+    read_manifest,
+)
+from prvr.io import check_writable, write_json_atomic
 from prvr.models.base import PRVRModel, VideoRepr
 from prvr.models.checkpoint import load_checkpoint
 
@@ -42,28 +50,69 @@ def per_video_tokens(model: PRVRModel, videos: VideoRepr) -> dict[str, list[np.n
     return out
 
 
+def nonfinite_videos(sets: dict[str, list[np.ndarray]]) -> list[int]:
+    """Positions of the videos whose tokens (float16, as stored) hold NaN/Inf in any set."""
+    bad: set[int] = set()
+    for per_video in sets.values():
+        bad.update(i for i, t in enumerate(per_video) if not np.isfinite(t).all())
+    return sorted(bad)
+
+
 def build_index(checkpoint: Path, layout: DatasetLayout, split: str, out: Path, device="cpu", shard_size: int = 2048,
-                batch_size: int = 32, resume: bool = True, progress: bool = True) -> dict:
-    """Encode the split's videos not yet in `out` and append them. Creates the index when missing."""
+                batch_size: int = 32, resume: bool = True, progress: bool = True, skip_bad: bool = False,
+                warn=None, media_roots: list[str] | None = None) -> dict:
+    """Encode the split's videos not yet in `out` and append them. Creates the index when missing.
+
+    Every check runs before the index is created: the checkpoint, the data's feature sizes against the model's,
+    the output directory. Each video is checked as it is read (width, NaN/Inf) and its tokens before they are
+    stored: a bad video is an error naming it, or with `skip_bad` left out with a warning. A fresh index whose
+    build fails before its first shard is removed. The media roots recorded with the data (`prvr extract`) and
+    `media_roots` are recorded in the manifest: `prvr serve` sends video files from under them only."""
     out = Path(out)
+    warn = warn or (lambda msg: None)
     model, cfg, _ = load_checkpoint(checkpoint, device)
-    if (out / "manifest.json").exists():
+    mc = cfg.model
+    index = split_videos(layout, split)
+    if not index.video_ids:
+        raise IndexError_(f"{layout.feature_dir}: no videos to index in split {split!r}")
+    check_dims(layout, index, mc.visual_dim, mc.text_dim, f"checkpoint {checkpoint}")
+    info = read_video_info(layout)
+    text_encoder = read_text_encoder(layout)
+    roots = sorted(set(read_media_roots(layout)) | {str(Path(r).resolve()) for r in media_roots or []})
+    check_writable(out, "index directory", directory=True)
+    exists = (out / "manifest.json").exists()
+    if exists:
         if not resume:
             raise IndexError_(f"{out}: an index exists already (use `prvr index add` to extend it)")
         manifest = read_manifest(out)
         if manifest["config"]["model"] != cfg.to_dict()["model"]:
             raise IndexError_(f"{out}: indexed with a different model than {checkpoint}")
-    else:
-        manifest = create_index(out, checkpoint, cfg.to_dict(), model.token_layouts(), model.score_weights(),
-                                model.scores_by_max_similarity, read_text_encoder(layout))
-    done = set()
-    for name in manifest["shards"]:
-        done.update(json.loads((out / name / "ids.json").read_text()))
-    index = split_videos(layout, split)
+    if skip_bad:
+        index = screen_split(layout, index, mc.visual_dim, None, True, warn, queries=False)
+    created = not out.exists()
+    try:
+        if not exists:
+            manifest = create_index(out, checkpoint, cfg.to_dict(), model.token_layouts(), model.score_weights(),
+                                    model.scores_by_max_similarity, text_encoder)
+        return _encode_and_append(model, manifest, layout, split, index, info, roots, out, device, shard_size,
+                                  batch_size, progress, skip_bad, warn)
+    except BaseException:
+        if not exists:  # a fresh index that got no shard is not left behind
+            discard_empty_index(out, created)
+        raise
+
+
+def _encode_and_append(model: PRVRModel, manifest: dict, layout: DatasetLayout, split: str, index: SplitIndex,
+                       info: dict, roots: list[str], out: Path, device, shard_size: int, batch_size: int,
+                       progress: bool, skip_bad: bool, warn) -> dict:
+    done = {v for name in manifest["shards"] for v in load_shard(out / name, list(manifest["token_sets"])).ids}
+    if set(roots) - set(manifest.get("media_roots") or []):
+        manifest = {**manifest, "media_roots": sorted(set(manifest.get("media_roots") or []) | set(roots))}
+        write_json_atomic(out / "manifest.json", manifest)
     todo = [i for i, v in enumerate(index.video_ids) if v not in done]
-    info = read_video_info(layout)
-    mc = cfg.model
-    dataset = EvalVideos(layout, split, mc.map_size, mc.max_ctx_l, mc.max_desc_l, index=index)
+    mc = model.cfg
+    dataset = EvalVideos(layout, split, mc.map_size, mc.max_ctx_l, mc.max_desc_l, index=index,
+                         visual_dim=mc.visual_dim, text_dim=mc.text_dim)
     bar = tqdm(total=len(todo), desc="index", unit="video", disable=not progress)
     for start in range(0, len(todo), shard_size):
         part = todo[start:start + shard_size]
@@ -75,6 +124,17 @@ def build_index(checkpoint: Path, layout: DatasetLayout, split: str, out: Path, 
                     sets[name].extend(tokens)
                 bar.update(len(batch.clip))
         ids = [index.video_ids[i] for i in part]
+        bad = nonfinite_videos(sets)
+        if bad and not skip_bad:
+            raise NonFiniteError(f"video {ids[bad[0]]!r}: the model's tokens are NaN or Inf ({len(bad)} such videos "
+                                 "in this shard); nothing of it was stored (pass --skip-bad to leave them out)")
+        for i in bad:
+            warn(f"skipped: video {ids[i]!r}: the model's tokens are NaN or Inf")
+        keep = [i for i in range(len(ids)) if i not in set(bad)]
+        if not keep:
+            continue
+        ids = [ids[i] for i in keep]
+        sets = {name: [per_video[i] for i in keep] for name, per_video in sets.items()}
         meta = [{"n_raw_frames": dataset.videos.length(v), **info.get(v, {})} for v in ids]
         manifest = append_shard(out, manifest, ids, sets, meta)
     bar.close()

@@ -9,6 +9,7 @@ precision. A model that does not score by max-similarity is scored by `model.sco
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from prvr.data.datasets import Batch
 from prvr.data.preprocess import query_tokens
 from prvr.errors import PrvrError
-from prvr.index.store import Shard, ShardTokens, layouts_of, load_shard, read_manifest
+from prvr.index.store import IndexError_, Shard, ShardTokens, layouts_of, load_shard, read_manifest
 from prvr.models.base import QueryRepr, TokenLayout, TokenSet, VideoRepr
 from prvr.models.checkpoint import load_checkpoint
 
@@ -28,6 +29,16 @@ MAX_K = 1000
 MAX_QUERY_CHARS = 1000
 SCORE_CHUNK = 8192  # token rows converted to float32 at a time
 EXACT_CHUNK = 1024  # videos scored at a time through model.score
+
+
+def check_query_text(text: str) -> str:
+    """A free-text query as it enters: stripped, non-empty, at most MAX_QUERY_CHARS characters."""
+    text = text.strip()
+    if not text:
+        raise PrvrError("empty query")
+    if len(text) > MAX_QUERY_CHARS:
+        raise PrvrError(f"query of {len(text)} characters, expected at most {MAX_QUERY_CHARS}")
+    return text
 
 
 class Scores(NamedTuple):
@@ -69,9 +80,13 @@ class Retriever:
         self.layouts: dict[str, TokenLayout] = layouts_of(self.manifest)
         self.weights = {k: float(v) for k, v in self.manifest["score_weights"].items()}
         self.exact_only = not self.manifest.get("normalized", True)  # the model scores through model.score
-        self.shards: list[Shard] = [load_shard(self.path / n, list(self.layouts)) for n in self.manifest["shards"]]
+        self.shards: list[Shard] = [load_shard(self.path / n, list(self.layouts), self.layouts)
+                                    for n in self.manifest["shards"]]
         self.ids = [v for s in self.shards for v in s.ids]
         self._where = {v: (si, j) for si, s in enumerate(self.shards) for j, v in enumerate(s.ids)}
+        if len(self._where) != len(self.ids):
+            raise IndexError_(f"{self.path / 'manifest.json'}: a video id is stored in two shards")
+        self._check_token_width()
         sizes = [len(s.ids) for s in self.shards]
         self._shard_of = np.repeat(np.arange(len(sizes)), sizes)  # global video index -> shard
         self._shard_base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if sizes else np.zeros(0)
@@ -86,38 +101,78 @@ class Retriever:
             ann = TokenANN(self.path)
             self.ann = ann if ann.covers(self.manifest) else None  # stale after `index add`: exact until rebuilt
         self._text_encoder = None
+        self._encoder_lock = threading.Lock()
+        self.text_encoder_loads = 0
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @torch.no_grad()
+    def _check_token_width(self) -> None:
+        """The stored tokens must have the width of the model's query vectors (else every search would fail)."""
+        if not self.shards or self.exact_only:
+            return
+        mc = self.cfg.model
+        q = self.model.encode_queries(Batch(text=torch.zeros(1, 1, mc.text_dim, device=self.device),
+                                            text_mask=torch.ones(1, 1, device=self.device)))
+        width = q.vectors.shape[-1]
+        for s in self.shards:
+            for name, st in s.sets.items():
+                if st.tokens.shape[1] != width:
+                    raise IndexError_(f"{s.path}: token set {name!r} is {st.tokens.shape[1]}-d, the index's model "
+                                      f"makes {width}-d query vectors")
+
     # ------------------------------------------------------------------ queries
     def encode_text(self, text: str) -> np.ndarray:
         """Token features of free text, with the text encoder recorded in the index."""
-        text = text.strip()
-        if not text:
-            raise PrvrError("empty query")
-        if len(text) > MAX_QUERY_CHARS:
-            raise PrvrError(f"query of {len(text)} characters, expected at most {MAX_QUERY_CHARS}")
+        return self.encode_texts([text])[0]
+
+    def encode_texts(self, texts: list[str]) -> list[np.ndarray]:
+        """Token features of several free-text queries, encoded together (one batch through the encoder)."""
+        texts = [check_query_text(t) for t in texts]
+        return self.text_encoder().encode(texts)
+
+    def text_encoder(self):
+        """The text encoder recorded in the index, loaded once (thread-safe) and kept."""
         spec = self.manifest.get("text_encoder")
         if not spec:
             raise PrvrError(f"{self.path.name}: the index records no text encoder (its data was not made by `prvr "
                             "extract --text-encoder`); search it with --query-id")
-        if self._text_encoder is None:
-            from prvr.encode.encoders import load_text_encoder
+        with self._encoder_lock:
+            if self._text_encoder is None:
+                from prvr.encode.encoders import load_text_encoder
 
-            self._text_encoder = load_text_encoder(spec, self.device)
-        return self._text_encoder.encode([text])[0]
+                self._text_encoder = load_text_encoder(spec, self.device)
+                self.text_encoder_loads += 1
+        return self._text_encoder
 
-    @torch.no_grad()
-    def embed(self, tokens: np.ndarray) -> QueryRepr:
-        """(n_tokens, Dq) raw token features -> the model's normalised query representation of one query."""
+    def _check_tokens(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.float32)
         if tokens.ndim != 2 or tokens.shape[1] != self.cfg.model.text_dim or len(tokens) == 0:
             raise PrvrError(f"query features of shape {tokens.shape}, expected (n_tokens >= 1, {self.cfg.model.text_dim})")
         if not np.isfinite(tokens).all():
             raise PrvrError("query features contain NaN or Inf")
-        t = torch.from_numpy(query_tokens(tokens, self.cfg.model.max_desc_l))[None].to(self.device)
-        return self.model.encode_queries(Batch(text=t, text_mask=torch.ones(t.shape[:2], device=self.device))).normalize()
+        return query_tokens(tokens, self.cfg.model.max_desc_l)
+
+    @torch.no_grad()
+    def embed(self, tokens: np.ndarray) -> QueryRepr:
+        """(n_tokens, Dq) raw token features -> the model's normalised query representation of one query."""
+        t = torch.from_numpy(self._check_tokens(tokens))[None].to(self.device)
+        q = self.model.encode_queries(Batch(text=t, text_mask=torch.ones(t.shape[:2], device=self.device))).normalize()
+        if not torch.isfinite(q.vectors).all():
+            raise PrvrError("the model's query vectors are NaN or Inf")
+        return q
+
+    @torch.no_grad()
+    def embed_many(self, tokens: list[np.ndarray]) -> QueryRepr:
+        """Several queries' raw token features -> one normalised QueryRepr (N queries), encoded as one batch."""
+        from prvr.data.datasets import pad_sequences
+
+        text, mask = pad_sequences([self._check_tokens(t) for t in tokens])  # (N, L, Dq), (N, L)
+        q = self.model.encode_queries(Batch(text=text.to(self.device), text_mask=mask.to(self.device))).normalize()
+        if not torch.isfinite(q.vectors).all():
+            raise PrvrError("the model's query vectors are NaN or Inf")
+        return q
 
     def scaled_rows(self, q: QueryRepr) -> dict[str, torch.Tensor]:
         """Per token set, the query rows aimed at it scaled by w_s * a_m (M_s, D); zero-weight rows dropped."""
@@ -165,6 +220,15 @@ class Retriever:
         n, M = len(counts), Q.shape[0]
         if M == 0:
             return torch.zeros(n, device=self.device), torch.zeros(n, dtype=torch.long, device=self.device)
+        best, arg = self._row_best(Q, st, layout, local)
+        top = best.argmax(dim=1, keepdim=True)  # the row that contributes most decides the moment
+        return best.sum(dim=1), arg.gather(1, top).squeeze(1)
+
+    def _row_best(self, Q: torch.Tensor, st: ShardTokens, layout: TokenLayout, local: np.ndarray | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per scored video and query row: the best similarity (n, M) and the token that reaches it (n, M)."""
+        counts = st.counts if local is None else st.counts[local]
+        n, M = len(counts), Q.shape[0]
         rows = None
         if local is not None:  # the token rows of the scored videos, in order
             starts = st.offsets[local]
@@ -185,8 +249,7 @@ class Retriever:
             if layout.pads_score_zero:  # the originals' max also runs over zeroed padding (cosine 0)
                 best = torch.where((cnt < layout.capacity)[:, None], best.clamp_min(0.0), best)
             arg = torch.where(arg >= len(sims), 0, arg)
-        top = best.argmax(dim=1, keepdim=True)  # the row that contributes most decides the moment
-        return best.sum(dim=1), arg.gather(1, top).squeeze(1)
+        return best, arg
 
     def _score_shard(self, rows: dict[str, torch.Tensor], s: Shard, local: np.ndarray | None) -> Scores:
         sets, tokens = {}, {}
@@ -239,6 +302,8 @@ class Retriever:
             if len(videos) < k:
                 videos = None
         sc = self.scores(q, videos)
+        if not torch.isfinite(sc.total).all():  # a NaN is never "lower": it must not become a hit
+            raise PrvrError(f"{self.path.name}: non-finite scores (the index or the model is corrupt)")
         top = torch.topk(sc.total, min(k, len(sc.total))).indices
         glob = top.tolist() if videos is None else videos[top.cpu().numpy()].tolist()
         return [self._hit(g, float(sc.total[t]), {n: float(v[t]) for n, v in sc.sets.items()},
@@ -250,6 +315,62 @@ class Retriever:
     def search(self, text: str, k: int = 10, exact: bool | None = None) -> list[Hit]:
         """Free-text search."""
         return self.search_tokens(self.encode_text(text), k, exact)
+
+    # ------------------------------------------------------------------ several queries at once
+    def search_many(self, texts: list[str], k: int = 10, exact: bool | None = None) -> list[list[Hit]]:
+        """Free-text search for several queries at once: the texts are encoded as one batch and, on an exact scan,
+        scored as one matrix (every shard is read once for all of them). Hits are those of `search`."""
+        return self.search_tokens_many(self.encode_texts(texts), k, exact)
+
+    def search_tokens_many(self, tokens: list[np.ndarray], k: int = 10, exact: bool | None = None) -> list[list[Hit]]:
+        if not 1 <= k <= MAX_K:
+            raise PrvrError(f"k={k}: expected 1 <= k <= {MAX_K}")
+        if not tokens:
+            return []
+        q = self.embed_many(tokens)
+        if not self.ids:
+            return [[] for _ in tokens]
+        if self.exact_only or (not exact and self.ann is not None):  # per query: its own candidates or model.score
+            return [self.search_repr(q[i:i + 1], k, exact) for i in range(len(q))]
+        sc = self.scores_many(q)  # (V, N) each
+        top = torch.topk(sc.total, min(k, len(self.ids)), dim=0).indices  # (k, N)
+        return [[self._hit(int(g), float(sc.total[g, j]), {n: float(v[g, j]) for n, v in sc.sets.items()},
+                           {n: int(v[g, j]) for n, v in sc.tokens.items()}) for g in top[:, j].tolist()]
+                for j in range(len(q))]
+
+    @torch.no_grad()
+    def scores_many(self, q: QueryRepr) -> Scores:
+        """Exact scores of every video for N normalised queries: total (V, N), per set (V, N), best token (V, N).
+        Query rows aimed at a set are scaled by w_s * a_m and stacked, so each shard is one (T, N*M_s) product."""
+        N = len(q)
+        per_set: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name in self.layouts:
+            rows = q.rows_for(name)
+            scale = self.weights.get(name, 0.0) * q.weights[:, rows]  # (N, M_s)
+            Q = (q.vectors[:, rows] * scale[..., None]).float()  # (N, M_s, D); zero-weight rows score 0
+            per_set[name] = (Q.reshape(N * len(rows), -1), scale > 0)
+        totals, sets, tokens = [], {n: [] for n in self.layouts}, {n: [] for n in self.layouts}
+        for s in self.shards:
+            total = torch.zeros(len(s.ids), N, device=self.device)
+            for name, layout in self.layouts.items():
+                Q, keep = per_set[name]
+                if Q.shape[0] == 0:
+                    sets[name].append(torch.zeros(len(s.ids), N, device=self.device))
+                    tokens[name].append(torch.zeros(len(s.ids), N, dtype=torch.long, device=self.device))
+                    continue
+                best, arg = self._row_best(Q, s.sets[name], layout, None)  # (n, N * M_s)
+                best, arg = best.view(len(s.ids), N, -1), arg.view(len(s.ids), N, -1)
+                best = torch.where(keep[None], best, 0.0)
+                top = torch.where(keep[None], best, float("-inf")).argmax(dim=2, keepdim=True)  # (n, N, 1)
+                sets[name].append(best.sum(dim=2))
+                tokens[name].append(arg.gather(2, top).squeeze(2))
+                total += sets[name][-1]
+            totals.append(total)
+        out = Scores(torch.cat(totals), {n: torch.cat(v) for n, v in sets.items()},
+                     {n: torch.cat(v) for n, v in tokens.items()})
+        if not torch.isfinite(out.total).all():
+            raise PrvrError(f"{self.path.name}: non-finite scores (the index or the model is corrupt)")
+        return out
 
     def query_features(self, data_root: str | Path, query_id: str) -> np.ndarray:
         """The precomputed token features of caption `query_id` of a dataset in the release layout."""

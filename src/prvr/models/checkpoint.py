@@ -12,8 +12,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from prvr.config import RunConfig
-from prvr.errors import CheckpointError, PrvrError
-from prvr.io import atomic_path
+from prvr.errors import CheckpointError, NonFiniteError, PrvrError
+from prvr.io import atomic_path, check_writable
 from prvr.models.base import PRVRModel
 from prvr.models.original import load_original_checkpoint
 from prvr.models.presets import config_from_dict, default_config
@@ -24,9 +24,18 @@ OPTIM_PREFIX = "optim::"
 RNG_KEY = "rng::torch"
 
 
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or Inf."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, train_state: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None) -> Path:
+    """Write a checkpoint atomically. Non-finite weights are never written (NonFiniteError)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise NonFiniteError(f"{path}: not written: {len(bad)} weight tensors hold NaN or Inf, e.g. {bad[0]!r}")
     meta = {"format": FORMAT, "config": json.dumps(cfg.to_dict()), "train_state": json.dumps(train_state or {})}
     if optimizer is not None:
         names = {id(p): n for n, p in model.named_parameters()}
@@ -57,10 +66,14 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
+def _no_constant(name: str):
+    raise ValueError(name)
+
+
 def _json(meta: dict, key: str, path: Path, default: str = "{}"):
     try:
-        return json.loads(meta.get(key, default))
-    except json.JSONDecodeError:
+        return json.loads(meta.get(key, default), parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError, ValueError):
         raise CheckpointError(f"{path}: corrupt {key} metadata") from None
 
 
@@ -68,15 +81,24 @@ def load_config(path: str | Path) -> RunConfig:
     return config_from_dict(_json(read_metadata(path), "config", Path(path)), where=str(path))
 
 
-def _weights(path: Path) -> dict[str, torch.Tensor]:
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable weights ({e})") from None
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: unreadable weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def _weights(path: Path, tensors: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint (`load_weights` checks them finite: a NaN weight makes NaN scores)."""
+    tensors = _tensors(path) if tensors is None else tensors
     return {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX) and k != RNG_KEY}
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path | str) -> None:
+    bad = nonfinite_tensors(weights)
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or Inf, e.g. {bad[0]!r}; "
+                              "expected finite weights")
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
@@ -98,11 +120,16 @@ def restore_training(path: str | Path, model: torch.nn.Module, optimizer: torch.
     """Load weights, optimiser moments/steps and the torch RNG state for an exact resume."""
     path = Path(path)
     meta = read_metadata(path)
-    tensors = load_file(str(path), device="cpu")
-    load_weights(model, _weights(path), path)
+    tensors = _tensors(path)
+    load_weights(model, _weights(path, tensors), path)
     steps = _json(meta, "optim_steps", path)
+    if not isinstance(steps, dict):
+        raise CheckpointError(f"{path}: corrupt optim_steps metadata")
     for n, p in model.named_parameters():
         if n in steps:
+            keys = (f"{OPTIM_PREFIX}{n}::exp_avg", f"{OPTIM_PREFIX}{n}::exp_avg_sq")
+            if any(k not in tensors or tensors[k].shape != p.shape for k in keys) or not isinstance(steps[n], int):
+                raise CheckpointError(f"{path}: optimiser state of {n!r} missing or of the wrong shape")
             optimizer.state[p] = {
                 "step": steps[n],
                 "exp_avg": tensors[f"{OPTIM_PREFIX}{n}::exp_avg"].to(p.device),
@@ -119,7 +146,12 @@ def import_original_checkpoint(src: str | Path, out: str | Path, model_name: str
     if entry.original_config is None or entry.original_state is None:
         raise PrvrError(f"model {model_name!r} has no converter for the authors' checkpoints")
     ckpt = load_original_checkpoint(src)
-    cfg = default_config(model_name).apply(entry.original_config(dict(ckpt["config"])), where=f"{src} (config)").check()
+    check_writable(out, "output checkpoint")
+    try:
+        mapping = entry.original_config(dict(ckpt["config"]))
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"{src}: its config cannot be read as {model_name}'s ({e.__class__.__name__}: {e})") from None
+    cfg = default_config(model_name).apply(mapping, where=f"{src} (config)").check(f"{src} (config)")
     model = build_model(cfg.model)
     load_weights(model, entry.original_state(ckpt, model), src)
     info = {"imported_from": Path(src).name, "epoch": ckpt.get("epoch"), "model_val": ckpt.get("model_val")}

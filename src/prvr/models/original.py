@@ -58,12 +58,23 @@ def load_original_checkpoint(path: str | Path) -> dict:
         with warnings.catch_warnings(), torch.serialization.safe_globals(INERT_GLOBALS):
             warnings.simplefilter("ignore")  # torch warns about pickle protocols; the load is weights-only anyway
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as e:
-        raise CheckpointError(f"{path}: not loadable weights-only as a torch checkpoint "
-                              f"({(str(e).splitlines() or [e.__class__.__name__])[0]})") from None
+    except (MemoryError, RecursionError, Exception) as e:  # untrusted bytes: any failure of the parser is "not one"
+        reason = _load_failure(e)
+        raise CheckpointError(f"{path}: not a torch checkpoint that loads weights-only ({reason}); expected the "
+                              "authors' .ckpt/.pth file") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'config' dict and a 'state_dict' (the authors' format)")
     return ckpt
+
+
+def _load_failure(e: BaseException) -> str:
+    """A short reason for a failed weights-only load (torch's own message advises unsafe loading: not repeated)."""
+    if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in str(e):
+        first = [ln for ln in str(e).splitlines() if ln.startswith(("Unsupported", "WeightsUnpickler error"))]
+        return first[0][:200] if first else "it holds objects other than tensors and plain containers"
+    if isinstance(e, EOFError):
+        return "empty or truncated file"
+    return e.__class__.__name__
 
 
 def run_mapping(config: dict, model_keys: dict[str, str]) -> dict[str, dict[str, Any]]:

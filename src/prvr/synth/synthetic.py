@@ -19,6 +19,7 @@ import numpy as np
 from prvr.data.layout import DatasetLayout
 from prvr.data.writer import DatasetWriter, write_bigfile
 from prvr.errors import PrvrError
+from prvr.io import check_free_space, check_writable
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ def write_synthetic(root: str | Path, preset: str | SynthPreset, seed: int | Non
 
     `scale` multiplies the number of videos per split (at least 2 each); `bigfile=True` also writes the BigFile form.
     """
+    if not 0 < scale <= 1000:  # also refuses NaN
+        raise PrvrError(f"scale={scale}: expected 0 < scale <= 1000")
     if preset == "everyday":  # real language through a real text encoder (see prvr.synth.everyday)
         from prvr.synth.everyday import VIDEOS, write_everyday
 
@@ -92,6 +95,8 @@ def write_synthetic(root: str | Path, preset: str | SynthPreset, seed: int | Non
     if scale != 1.0:
         preset = replace(preset, videos=tuple(max(2, round(n * scale)) for n in preset.videos))
     p = preset
+    check_writable(root, "dataset root", directory=True)
+    check_free_space(root, estimated_bytes(p, bigfile), f"synthetic preset {p.collection} x{scale:g}")
     rng = np.random.default_rng(p.seed)
     scale_v = np.sqrt(p.visual_dim)  # unit prototypes scaled to per-dimension magnitude ~1
     scale_t = np.sqrt(p.text_dim)
@@ -136,6 +141,14 @@ def write_synthetic(root: str | Path, preset: str | SynthPreset, seed: int | Non
     if bigfile:
         write_bigfile(out.layout)
     return out.layout
+
+
+def estimated_bytes(p: SynthPreset, bigfile: bool = False) -> int:
+    """About what a preset writes: float32 frames and tokens (HDF5 overhead aside), twice the frames with BigFile."""
+    videos = sum(p.videos)
+    frames = videos * (p.frames[0] + p.frames[1]) / 2 * p.visual_dim * 4
+    tokens = videos * (p.events[0] + p.events[1]) / 2 * (p.tokens[0] + p.tokens[1]) / 2 * p.text_dim * 4
+    return int(frames * (2 if bigfile else 1) + tokens)
 
 
 def synthetic_info(layout: DatasetLayout) -> dict:

@@ -3,7 +3,7 @@ validation SumR, hard negatives from a given epoch, exact resume at epoch bounda
 
 from __future__ import annotations
 
-import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -15,16 +15,26 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from prvr.config import RunConfig, to_yaml
-from prvr.data.datasets import TrainVideos, collate_train
+from prvr.data.datasets import SplitIndex, TrainVideos, check_dims, collate_train, screen_split
 from prvr.data.layout import DatasetLayout
 from prvr.device import bf16_autocast
-from prvr.errors import PrvrError
+from prvr.errors import DataError, NonFiniteError, PrvrError
 from prvr.eval.evaluator import evaluate
 from prvr.io import write_text_atomic
 from prvr.models import build_loss, build_model
 from prvr.models.base import TrainStep
 from prvr.models.checkpoint import restore_training, save_checkpoint
 from prvr.train.optim import BertAdam, param_groups
+from prvr.train.rundir import (
+    absolute_paths,
+    check_resumable,
+    check_run_dir,
+    clear_run,
+    discard_failed_run,
+    read_metrics,
+    rewrite_metrics,
+    saved_config,
+)
 
 
 @dataclass
@@ -50,20 +60,49 @@ def _tensorboard(out_dir: Path):
 
 
 def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu", resume: bool = False,
-          progress: bool = True, log=print) -> TrainResult:
+          progress: bool = True, log=print, overwrite: bool = False, skip_bad: bool = False) -> TrainResult:
+    """Train `cfg` into `out_dir`. An existing run there is refused unless `resume` (continue it; `cfg` may change
+    train/data values, listed in the log) or `overwrite` (start over). Every check runs before anything is written;
+    a fresh run that fails before its first checkpoint leaves nothing behind. `skip_bad`: leave out videos and
+    captions that are empty, of the wrong width or not finite (with a warning each) instead of stopping."""
     out_dir = Path(out_dir)
     if cfg.data.root is None:
         raise PrvrError("no data root: pass --data ROOT")
+    absolute_paths(cfg)
+    check_run_dir(out_dir, resume, overwrite)
     layout = DatasetLayout(cfg.data.root, cfg.data.collection, cfg.data.visual_feature)
     splits = layout.splits_present()
     if "train" not in splits:
         raise PrvrError(f"{layout.caption_file('train')}: training caption file not found")
     val_split = "val" if "val" in splits else "test"
+    indexes = {s: SplitIndex.from_layout(layout, s) for s in ("train", val_split)}
+    check_dims(layout, indexes["train"], cfg.model.visual_dim, cfg.model.text_dim, "the run's config")
+    if resume:
+        changes = check_resumable(saved_config(out_dir), cfg, out_dir)
+        if changes:
+            log("resume with changes: " + "; ".join(changes))
+    if skip_bad:
+        indexes = {s: screen_split(layout, i, cfg.model.visual_dim, cfg.model.text_dim, True, log)
+                   for s, i in indexes.items()}
+    created = not out_dir.exists()
+    try:
+        return _run(cfg, out_dir, device, resume, progress, log, overwrite, layout, val_split, indexes)
+    except BaseException:
+        if not resume:
+            discard_failed_run(out_dir, created)
+        raise
+
+
+def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, log, overwrite: bool,
+         layout: DatasetLayout, val_split: str, indexes: dict[str, SplitIndex]) -> TrainResult:
     tc, mc = cfg.train, cfg.model
     seed_everything(tc.seed)
     model = build_model(mc, device)
     model.set_recompute(tc.recompute_videos)
-    dataset = TrainVideos(layout, "train", mc.map_size, mc.max_ctx_l, mc.max_desc_l)
+    dataset = TrainVideos(layout, "train", mc.map_size, mc.max_ctx_l, mc.max_desc_l, index=indexes["train"],
+                          visual_dim=mc.visual_dim, text_dim=mc.text_dim)
+    if len(dataset) == 0:
+        raise DataError(f"{layout.caption_file('train')}: no usable training videos")
     steps_per_epoch = -(-len(dataset) // tc.batch_videos)
     optimizer = BertAdam(param_groups(model, tc.weight_decay), lr=tc.lr, warmup=tc.lr_warmup_proportion,
                          t_total=steps_per_epoch * tc.epochs, max_grad_norm=tc.grad_clip)
@@ -71,14 +110,12 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
     state = {"epoch": -1, "best_sumr": -1.0, "best_epoch": -1, "best_metrics": {}, "es_cnt": 0}
     last_path, best_path, log_path = out_dir / "last.safetensors", out_dir / "best.safetensors", out_dir / "metrics.jsonl"
     if resume:
-        if not last_path.exists():
-            raise PrvrError(f"{last_path}: nothing to resume (no last checkpoint in {out_dir})")
         state.update(restore_training(last_path, model, optimizer))
         log(f"resumed from epoch {state['epoch']} (best SumR {state['best_sumr']:.1f} at epoch {state['best_epoch']})")
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if log_path.exists():
-            log_path.unlink()
+    elif overwrite:
+        clear_run(out_dir)
+    records = read_metrics(log_path, state["epoch"]) if resume else []  # epochs after the checkpoint are redone
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))
     tb = _tensorboard(out_dir)
     start = state["epoch"] + 1
@@ -90,10 +127,11 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
         model.train()
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
-        for batch in bar:
+        for step, batch in enumerate(bar):
             b = batch.to(device)
             with bf16_autocast(device, tc.amp):
                 loss, terms = criterion(model.forward_train(b), b.labels, TrainStep(epoch, hard))
+            check_finite_loss(loss, terms, epoch, step, last_path)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -101,9 +139,10 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        check_finite_weights(model, epoch, last_path)
         train_terms = {k: v / len(loader) for k, v in sums.items()}
         val = evaluate(model, layout, val_split, tc.eval_context_bsz, tc.eval_query_bsz, device,
-                       num_workers=tc.num_workers, amp=tc.amp).metrics
+                       num_workers=tc.num_workers, amp=tc.amp, index=indexes[val_split]).metrics
         improved = val["SumR"] > state["best_sumr"]
         state["epoch"] = epoch
         if improved:
@@ -111,11 +150,11 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
             save_checkpoint(best_path, model, cfg, {"epoch": epoch, "split": val_split, "metrics": val})
         else:
             state["es_cnt"] += 1
-        save_checkpoint(last_path, model, cfg, state, optimizer)
         record = {"epoch": epoch, "lr": optimizer.current_lr(), "hard_negative": hard, "train": train_terms,
                   val_split: val, "seconds": round(time.time() - t0, 2)}
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        records.append(record)
+        rewrite_metrics(log_path, records)  # whole and atomic, before the checkpoint (a resume redoes later epochs)
+        save_checkpoint(last_path, model, cfg, state, optimizer)
         if tb is not None:
             for k, v in train_terms.items():
                 tb.add_scalar(f"train/{k}", v, epoch)
@@ -129,3 +168,25 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
     if tb is not None:
         tb.close()
     return TrainResult(state["best_epoch"], state["best_metrics"], state["epoch"] + 1, out_dir)
+
+
+def check_finite_loss(loss: torch.Tensor, terms: dict[str, torch.Tensor], epoch: int, step: int,
+                      last_path: Path) -> None:
+    """Stop at the first non-finite loss, before it updates the weights."""
+    value = float(loss.detach())
+    if math.isfinite(value):
+        return
+    bad = [k for k, v in terms.items() if not math.isfinite(float(v))]
+    kept = f"the last good checkpoint is {last_path}" if last_path.exists() else "no checkpoint was written"
+    raise NonFiniteError(f"epoch {epoch}, step {step}: the training loss is {value} (non-finite terms: "
+                         f"{', '.join(bad) or 'none, their weighted sum overflowed'}); stopped before the update, "
+                         f"{kept} (lower train.lr, or check the data with `prvr data check`)")
+
+
+def check_finite_weights(model: torch.nn.Module, epoch: int, last_path: Path) -> None:
+    """Weights that became NaN/Inf (from a finite loss, e.g. an exploding update) are never validated or saved."""
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        kept = f"the last good checkpoint is {last_path}" if last_path.exists() else "no checkpoint was written"
+        raise NonFiniteError(f"epoch {epoch}: {len(bad)} weight tensors became NaN or Inf, e.g. {bad[0]!r}; "
+                             f"nothing was saved for this epoch, {kept} (lower train.lr or train.grad_clip)")
