@@ -24,7 +24,7 @@ from prvr.io import write_text_atomic
 from prvr.models import build_loss, build_model
 from prvr.models.base import TrainStep
 from prvr.models.checkpoint import restore_training, save_checkpoint
-from prvr.train.optim import BertAdam, param_groups
+from prvr.train.optim import make_optimizer
 
 
 @dataclass
@@ -39,6 +39,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def train_step(model, criterion, optimizer, batch, step: TrainStep, device: torch.device | str = "cpu",
+               amp: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step, in the original's order: forward, loss, backward, BertAdam step (clipping and the
+    schedule inside). `step.draws` (tests) replaces the random draws of the model and its loss."""
+    with bf16_autocast(device, amp):
+        outputs = model.forward_train(batch) if step.draws is None else model.forward_train(batch, draws=step.draws)
+        loss, terms = criterion(outputs, batch.labels, step)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, terms
 
 
 def _tensorboard(out_dir: Path):
@@ -65,8 +78,7 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
     model.set_recompute(tc.recompute_videos)
     dataset = TrainVideos(layout, "train", mc.map_size, mc.max_ctx_l, mc.max_desc_l)
     steps_per_epoch = -(-len(dataset) // tc.batch_videos)
-    optimizer = BertAdam(param_groups(model, tc.weight_decay), lr=tc.lr, warmup=tc.lr_warmup_proportion,
-                         t_total=steps_per_epoch * tc.epochs, max_grad_norm=tc.grad_clip)
+    optimizer = make_optimizer(model, tc, steps_per_epoch)
     criterion = build_loss(cfg.loss, mc)
     state = {"epoch": -1, "best_sumr": -1.0, "best_epoch": -1, "best_metrics": {}, "es_cnt": 0}
     last_path, best_path, log_path = out_dir / "last.safetensors", out_dir / "best.safetensors", out_dir / "metrics.jsonl"
@@ -92,11 +104,7 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
         bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
         for batch in bar:
             b = batch.to(device)
-            with bf16_autocast(device, tc.amp):
-                loss, terms = criterion(model.forward_train(b), b.labels, TrainStep(epoch, hard))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, terms = train_step(model, criterion, optimizer, b, TrainStep(epoch, hard), device, tc.amp)
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
