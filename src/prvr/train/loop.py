@@ -94,7 +94,8 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
     write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))
     tb = _tensorboard(out_dir)
     start = state["epoch"] + 1
-    for epoch in range(start, tc.epochs):
+    end = tc.epochs if tc.max_epochs is None else min(tc.epochs, tc.max_epochs)  # a cap; t_total keeps `epochs`
+    for epoch in range(start, end):
         t0 = time.time()
         hard = epoch >= tc.hard_negative_start_epoch
         loader = DataLoader(dataset, batch_size=tc.batch_videos, shuffle=True, collate_fn=collate_train,
@@ -134,6 +135,8 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
         if state["es_cnt"] > tc.max_es_cnt:
             log(f"early stop: no {val_split} SumR improvement for {state['es_cnt']} epochs")
             break
+    if end < tc.epochs and state["epoch"] == end - 1 and state["es_cnt"] <= tc.max_es_cnt:
+        log(f"stopped at train.max_epochs={tc.max_epochs} of a {tc.epochs}-epoch schedule")
     if tb is not None:
         tb.close()
     return TrainResult(state["best_epoch"], state["best_metrics"], state["epoch"] + 1, out_dir)
