@@ -87,7 +87,9 @@ def main() -> None:
             with torch.no_grad():
                 val, best_val, es = main_mod.val_one_epoch(epoch, ctx_loader, query_loader, model, val_criterion, cfg,
                                                            optimizer, best_val, loss_avg, logger, dre_avg)
-            lr = optimizer.get_lr()[0]  # the multiplier of the next step, as prvr's metrics record it
+            g0 = optimizer.param_groups[0]  # the LR of the next step, as prvr's metrics record it (get_lr() gives
+            state = next(optimizer.state[p] for p in g0["params"] if optimizer.state[p])  # 0 for the frozen table)
+            lr = g0["lr"] * g0["schedule"].get_lr(state["step"])
             record = {"epoch": epoch, "lr": lr, "hard_negative": bool(criterion.cfg["use_hard_negative"]),
                       "train": {"loss": loss_avg, "diffusion": dre_avg},
                       "val": dict(zip(("R@1", "R@5", "R@10", "R@100", "SumR"), map(float, val[:5]), strict=True)),
