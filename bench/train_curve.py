@@ -84,7 +84,9 @@ def run_one(side: str, seed: int, data: Path, args) -> tuple[str, int, float]:
 
 
 def git_commit() -> str:
-    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    """HEAD of this checkout (or PRVR_GIT_COMMIT for a copy made with `git archive`, which has no .git)."""
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return out or os.environ.get("PRVR_GIT_COMMIT", "")
 
 
 def cpu_model() -> str:
