@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--videos", type=int, default=8)
     ap.add_argument("--recompute", type=int, default=4)
+    ap.add_argument("--checkpoint", type=Path, help="a prvr checkpoint whose weights both models take (default: the "
+                    "original's initialisation)")
+    ap.add_argument("--arms", nargs="+", default=["prvr_training_path", "prvr_reference_path"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sys.path.append(str(args.ref_site_packages))
@@ -70,6 +73,12 @@ def main() -> None:
     rc = default_config("dreamprvr").apply(config_mapping(cfg))
     model = build_model(rc.model)
     model.load_state_dict(convert_state_dict(net.state_dict(), model))
+    if args.checkpoint is not None:  # trained weights into both
+        from prvr.models.checkpoint import load_checkpoint
+
+        trained, _, _ = load_checkpoint(args.checkpoint)
+        model.load_state_dict(trained.state_dict())
+        net.load_state_dict({k: model.state_dict()[original_name(k)] for k in net.state_dict()})
     model.train()
     ours = build_loss(rc.loss, rc.model)
     ds = TrainVideos(DatasetLayout(args.data, "charades"), "train")
@@ -98,6 +107,7 @@ def main() -> None:
 
     arms = {"original": original_draw, "prvr_training_path": lambda: prvr_draw(False, args.recompute),
             "prvr_reference_path": lambda: prvr_draw(True, 0)}
+    arms = {k: v for k, v in arms.items() if k == "original" or k in args.arms}
     draws, seconds = {}, {}
     for name, fn in arms.items():
         t0 = time.time()
@@ -107,9 +117,10 @@ def main() -> None:
     sizes = [theirs_p[n].numel() for n in names]
     a, R = draws["original"], args.draws
     result = {"what": "per-element z of mean gradients, prvr arm vs the original, train mode, dropout 0.25",
+              "weights": str(args.checkpoint) if args.checkpoint else "the original's initialisation (seed 0)",
               "hidden_size": args.hidden, "videos": args.videos, "queries": len(b.labels), "draws": R,
               "recompute_videos": args.recompute, "seconds": seconds, "arms": {}}
-    for arm in ("prvr_training_path", "prvr_reference_path"):
+    for arm in [a for a in arms if a != "original"]:
         c = draws[arm]
         keep = (a.var(0) > 1e-20) & (c.var(0) > 1e-20)
         z = (a.mean(0) - c.mean(0)) / torch.sqrt(a.var(0) / R + c.var(0) / R)
@@ -131,7 +142,8 @@ def main() -> None:
               f"variance ratio (median) {r['var_ratio_median']:.3f}, |mean gradient| ratio "
               f"{r['mean_gradient_norm_ratio']:.3f}")
     result["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-    out = REPO / "bench" / "results" / f"dropout_gradients_h{args.hidden}_v{args.videos}_r{R}_cpu.json"
+    tag = "" if args.checkpoint is None else "_trained"
+    out = REPO / "bench" / "results" / f"dropout_gradients_h{args.hidden}_v{args.videos}_r{R}{tag}_cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
