@@ -210,7 +210,8 @@ class TrainConfig(Section):
     lr_warmup_proportion: float = field(0.01, ge=0.0, lt=1.0)
     weight_decay: float = field(0.01, ge=0.0, le=1.0)
     batch_videos: int = field(128, ge=1, le=100_000)
-    epochs: int = field(100, ge=1, le=100_000)
+    epochs: int = field(100, ge=1, le=100_000)  # the schedule's length: t_total = steps per epoch x epochs
+    max_epochs: int | None = field(None, ge=1, le=100_000)  # stop after so many epochs, schedule unchanged (None: run `epochs`)
     max_es_cnt: int = field(10, ge=0, le=100_000)
     hard_negative_start_epoch: int = field(20, ge=0, le=100_000)
     seed: int = field(0, ge=0, le=2**32 - 1)  # numpy's seed range

@@ -110,3 +110,28 @@ def test_single_video_batch():
     labels = torch.zeros(2, dtype=torch.long)
     assert float(L.triplet_ranking(S, labels, 0.2, False, 20)) == 0.0
     assert torch.isfinite(L.info_nce(S, labels))
+
+
+def test_triplet_random_negatives_are_uniform_and_picks_replace_the_draws():
+    """Random negatives: text->video uniform over the other videos, video->text uniform over the other videos'
+    queries (checked through the expected loss with every hinge active); given picks replace the draws."""
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    S = torch.tensor([[0.9, 0.1, 0.3], [0.8, 0.2, 0.5], [0.4, 0.7, 0.6], [0.1, 0.9, 0.2], [0.3, 0.6, 0.0],
+                      [0.2, 0.4, 0.8]], dtype=torch.float64)
+    margin, B = 10.0, 3  # every hinge active: the loss is linear in the chosen negatives
+    pos = labels[:, None] == torch.arange(B)[None]
+    t2v = (margin + (S * ~pos).sum(1) / (B - 1) - S[torch.arange(6), labels]).mean()
+    v2t = (margin + (S * ~pos).sum(0) / (~pos).sum(0) - (S * pos).sum(0) / pos.sum(0)).mean()
+    runs = [float(L.triplet_ranking(S, labels, margin, False, 20, torch.Generator().manual_seed(s))) for s in range(3000)]
+    assert sum(runs) / len(runs) == pytest.approx(float(t2v + v2t), abs=0.01)  # sd of the mean ~0.003
+    # picks: positions in the sorted scores (text->video: positive first; video->text: negatives descending)
+    t2v_pick = torch.tensor([1, 2, 1, 1, 2, 1])
+    v2t_pick = torch.tensor([0, 2, 4])
+    got = L.triplet_ranking(S, labels, margin, False, 20, t2v_pick=t2v_pick, v2t_pick=v2t_pick)
+    neg_t2v = torch.tensor([0.3, 0.2, 0.6, 0.2, 0.0, 0.4], dtype=torch.float64)  # the picked column after the positive
+    neg_v2t = torch.tensor([S[[2, 3, 4, 5], 0].sort(descending=True).values[0],
+                            S[[0, 1, 5], 1].sort(descending=True).values[2],
+                            S[[0, 1, 2, 3, 4], 2].sort(descending=True).values[4]], dtype=torch.float64)
+    want = (margin + neg_t2v - S[torch.arange(6), labels]).mean() + (
+        margin + neg_v2t - (S * pos).sum(0) / pos.sum(0)).mean()
+    assert float(got) == pytest.approx(float(want), rel=1e-12)

@@ -148,3 +148,18 @@ def presets(model: ModelName = None):
 
     console.print(f"training presets of {model or DEFAULT_MODEL}: " + ", ".join(preset_names(model or DEFAULT_MODEL)))
     console.print("synthetic presets: " + ", ".join([*PRESETS, "everyday"]))
+
+
+@app.command()
+def plot(runs: Annotated[list[str], typer.Argument(help="run folders (RUN/metrics.jsonl), or LABEL=RUN1,RUN2,... to "
+                                                        "draw several runs (seeds) as their mean and ±1 sd band")],
+         out: Annotated[Path, typer.Option(help="PNG file to write")] = Path("curves.png"),
+         title: Annotated[str | None, typer.Option(help="figure title")] = None):
+    """Plot training curves: mean training loss and validation SumR per epoch of one or several runs, on one PNG."""
+    from prvr.train.curves import parse_groups, plot_curves
+
+    groups = parse_groups(runs)
+    plot_curves(groups, out, title)
+    for g in groups:
+        console.print(f"{g.label}: {len(g.curves)} run(s), {g.epochs} epochs, last SumR {g.mean('sumr')[-1]:.1f}")
+    console.print(f"wrote {out}")

@@ -233,8 +233,10 @@ class PRVRModel(nn.Module):
         return out
 
     # --- training
-    def forward_train(self, batch) -> Any:
-        """All tensors the model's loss needs, for a `Batch` with video and query fields and labels."""
+    def forward_train(self, batch, draws: dict[str, torch.Tensor] | None = None) -> Any:
+        """All tensors the model's loss needs, for a `Batch` with video and query fields and labels. `draws`:
+        recorded random draws to use instead of drawing (see `TrainStep.draws`); a model ignores names it does
+        not draw."""
         raise NotImplementedError
 
     def set_recompute(self, videos: int) -> None:
@@ -244,12 +246,19 @@ class PRVRModel(nn.Module):
 
 @dataclass
 class TrainStep:
-    """What a loss may know about the step it is computed in."""
+    """What a loss may know about the step it is computed in.
+
+    `draws`: optional recorded random draws, used instead of drawing, so a test can feed the original
+    implementation's draws and compare a training step by value (None in training: nothing changes, nothing is
+    paid). Names: `perturbation_alpha`, `perturbation_beta` (B, K, D) (textual perturbation); `<set>_t2v` (N,)
+    and `<set>_v2t` (B,) (triplet negatives as positions in the sorted scores, see `losses.triplet_ranking`).
+    """
 
     epoch: int = 0
     hard_negative: bool = False
     generator: torch.Generator | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    draws: dict[str, torch.Tensor] | None = None
 
 
 class ModelLoss:

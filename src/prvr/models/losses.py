@@ -43,19 +43,17 @@ def info_nce(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return t2v.mean() + v2t[has_query].mean()
 
 
-def _random_valid_index(valid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Uniform choice of one True column per row of valid (R, C) -> (R,) (rows without any give 0)."""
-    r = torch.rand(valid.shape, device=valid.device, generator=generator)
-    return r.masked_fill(~valid, -1.0).argmax(dim=1)
-
-
 def triplet_ranking(scores: torch.Tensor, labels: torch.Tensor, margin: float, hard: bool, hard_pool_size: int,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Hinge ranking on normalised (N, B) scores, both directions.
+                    generator: torch.Generator | None = None, t2v_pick: torch.Tensor | None = None,
+                    v2t_pick: torch.Tensor | None = None) -> torch.Tensor:
+    """Hinge ranking on normalised (N, B) scores, both directions, negatives drawn as the originals draw them.
 
-    text->video: negative = a random other video, or (hard) a random one among the `hard_pool_size`
-    highest-scoring other videos. video->text: positive = mean score of the video's queries, negative = a
-    random query of another video, or (hard) the highest-scoring one.
+    text->video: each query's row is sorted descending with its positive forced first; the negative is column
+    k ~ U{1, ..., P-1}, P = B (random) or min(1 + hard_pool_size, B) (hard: among the `hard_pool_size`
+    highest-scoring other videos). video->text: positive = mean score of the video's queries; the other videos'
+    queries are sorted descending and the negative is position k ~ U{0, ..., n_neg-1} (random) or 0 (hard).
+    `t2v_pick` (N,) and `v2t_pick` (B,) give those positions instead of drawing them (a test feeding another
+    implementation's recorded draws); `v2t_pick` is ignored in hard mode, which draws nothing there.
     """
     N, B = scores.shape
     pos = positive_mask(labels, B)  # (N, B)
@@ -64,21 +62,23 @@ def triplet_ranking(scores: torch.Tensor, labels: torch.Tensor, margin: float, h
     # text -> video
     pos_score = scores.gather(1, labels[:, None]).squeeze(1)  # (N,)
     pool = min(1 + hard_pool_size, B) if hard else B
-    order = scores.detach().masked_fill(pos, float("inf")).argsort(dim=1, descending=True)  # positive first
-    k = torch.randint(1, pool, (N,), device=scores.device, generator=generator)
+    order = scores.detach().masked_fill(pos, float("inf")).argsort(dim=1, descending=True)  # (N, B) positive first
+    k = torch.randint(1, pool, (N,), device=scores.device, generator=generator) if t2v_pick is None else t2v_pick
     neg_t2v = scores.gather(1, order.gather(1, k[:, None])).squeeze(1)
     loss_t2v = F.relu(margin + neg_t2v - pos_score).mean()
     # video -> text
     counts = pos.sum(dim=0)  # (B,)
-    has_query = counts > 0
     mean_pos = (scores * pos).sum(dim=0) / counts.clamp_min(1)  # (B,)
-    neg_valid = ~pos  # (N, B) queries of other videos
+    n_neg = (~pos).sum(dim=0)  # (B,) queries of other videos
     if hard:
         neg_v2t = scores.masked_fill(pos, NEG_INF).max(dim=0).values
     else:
-        idx = _random_valid_index(neg_valid.T, generator)  # (B,)
-        neg_v2t = scores.gather(0, idx[None]).squeeze(0)
-    usable = has_query & neg_valid.any(dim=0)
+        v_order = scores.detach().T.masked_fill(pos.T, NEG_INF).argsort(dim=1, descending=True)  # (B, N) negatives first
+        if v2t_pick is None:
+            u = torch.rand(B, device=scores.device, generator=generator)
+            v2t_pick = (u * n_neg).long().clamp(max=(n_neg - 1).clamp_min(0))
+        neg_v2t = scores.gather(0, v_order.gather(1, v2t_pick[:, None]).T).squeeze(0)  # (B,)
+    usable = (counts > 0) & (n_neg > 0)
     loss_v2t = F.relu(margin + neg_v2t - mean_pos)[usable].mean() if usable.any() else scores.sum() * 0.0
     return loss_t2v + loss_v2t
 

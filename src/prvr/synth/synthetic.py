@@ -44,6 +44,8 @@ PRESETS: dict[str, SynthPreset] = {
     "tiny": SynthPreset("charades", 48, 40, (48, 16, 16), frames=(6, 150), topics=10, attributes=4,
                         event_strength=1.0, attribute_strength=0.6, frame_noise=1.0, token_noise=1.0),
     "charades-small": SynthPreset("charades", 1024, 1024, (320, 160, 160)),
+    # the training-curve comparison with the original (bench/train_curve.py): 400 train / 100 val videos
+    "charades-curve": SynthPreset("charades", 1024, 1024, (400, 100, 100)),
     "charades": SynthPreset("charades", 1024, 1024, (5338, 1334, 1334), topics=160, attributes=24),
     "activitynet-small": SynthPreset("activitynet", 1024, 1024, (320, 80, 80), frames=(20, 300)),
     "activitynet": SynthPreset("activitynet", 1024, 1024, (9043, 4430, 4430), frames=(20, 300), topics=200,

@@ -24,7 +24,7 @@ from prvr.io import write_text_atomic
 from prvr.models import build_loss, build_model
 from prvr.models.base import TrainStep
 from prvr.models.checkpoint import restore_training, save_checkpoint
-from prvr.train.optim import BertAdam, param_groups
+from prvr.train.optim import make_optimizer
 from prvr.train.rundir import (
     absolute_paths,
     check_resumable,
@@ -49,6 +49,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def train_step(model, criterion, optimizer, batch, step: TrainStep, device: torch.device | str = "cpu",
+               amp: bool = False, check=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step, in the original's order: forward, loss, backward, BertAdam step (clipping and the
+    schedule inside). `step.draws` (tests) replaces the random draws of the model and its loss; `check(loss,
+    terms)` runs before anything is updated (the loop stops at a non-finite loss there)."""
+    with bf16_autocast(device, amp):
+        outputs = model.forward_train(batch) if step.draws is None else model.forward_train(batch, draws=step.draws)
+        loss, terms = criterion(outputs, batch.labels, step)
+    if check is not None:
+        check(loss, terms)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, terms
 
 
 def _tensorboard(out_dir: Path):
@@ -104,8 +120,7 @@ def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, lo
     if len(dataset) == 0:
         raise DataError(f"{layout.caption_file('train')}: no usable training videos")
     steps_per_epoch = -(-len(dataset) // tc.batch_videos)
-    optimizer = BertAdam(param_groups(model, tc.weight_decay), lr=tc.lr, warmup=tc.lr_warmup_proportion,
-                         t_total=steps_per_epoch * tc.epochs, max_grad_norm=tc.grad_clip)
+    optimizer = make_optimizer(model, tc, steps_per_epoch)
     criterion = build_loss(cfg.loss, mc)
     state = {"epoch": -1, "best_sumr": -1.0, "best_epoch": -1, "best_metrics": {}, "es_cnt": 0}
     last_path, best_path, log_path = out_dir / "last.safetensors", out_dir / "best.safetensors", out_dir / "metrics.jsonl"
@@ -119,7 +134,8 @@ def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, lo
     write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))
     tb = _tensorboard(out_dir)
     start = state["epoch"] + 1
-    for epoch in range(start, tc.epochs):
+    end = tc.epochs if tc.max_epochs is None else min(tc.epochs, tc.max_epochs)  # a cap; t_total keeps `epochs`
+    for epoch in range(start, end):
         t0 = time.time()
         hard = epoch >= tc.hard_negative_start_epoch
         loader = DataLoader(dataset, batch_size=tc.batch_videos, shuffle=True, collate_fn=collate_train,
@@ -129,12 +145,8 @@ def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, lo
         bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
         for step, batch in enumerate(bar):
             b = batch.to(device)
-            with bf16_autocast(device, tc.amp):
-                loss, terms = criterion(model.forward_train(b), b.labels, TrainStep(epoch, hard))
-            check_finite_loss(loss, terms, epoch, step, last_path)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, terms = train_step(model, criterion, optimizer, b, TrainStep(epoch, hard), device, tc.amp,
+                                     check=lambda loss, terms: check_finite_loss(loss, terms, epoch, step, last_path))
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -165,6 +177,8 @@ def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, lo
         if state["es_cnt"] > tc.max_es_cnt:
             log(f"early stop: no {val_split} SumR improvement for {state['es_cnt']} epochs")
             break
+    if end < tc.epochs and state["epoch"] == end - 1 and state["es_cnt"] <= tc.max_es_cnt:
+        log(f"stopped at train.max_epochs={tc.max_epochs} of a {tc.epochs}-epoch schedule")
     if tb is not None:
         tb.close()
     return TrainResult(state["best_epoch"], state["best_metrics"], state["epoch"] + 1, out_dir)

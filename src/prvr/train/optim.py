@@ -76,3 +76,10 @@ class BertAdam(torch.optim.Optimizer):
             torch._foreach_add_(params, update, alpha=-lr)
             for p in params:
                 self.state[p]["step"] += 1
+
+
+def make_optimizer(model: nn.Module, tc, steps_per_epoch: int) -> BertAdam:
+    """BertAdam over the original's decay groups for a `TrainConfig`: t_total = steps per epoch x `tc.epochs` (the
+    schedule's length, whatever `tc.max_epochs` stops at), warm-up `tc.lr_warmup_proportion` of it."""
+    return BertAdam(param_groups(model, tc.weight_decay), lr=tc.lr, warmup=tc.lr_warmup_proportion,
+                    t_total=steps_per_epoch * tc.epochs, max_grad_norm=tc.grad_clip)

@@ -31,8 +31,10 @@ class DreamPRVRLoss(ModelLoss):
             raw = max_similarity(out.query, tokens, normalize=False)  # (N, B)
             cos = max_similarity(out.query, tokens, normalize=True)
             terms[f"{scale}_nce"] = (w, info_nce(raw, labels))
+            draws = step.draws or {}
             terms[f"{scale}_triplet"] = (1.0, triplet_ranking(cos, labels, c.margin, step.hard_negative,
-                                                              c.hard_pool_size, step.generator))
+                                                              c.hard_pool_size, step.generator,
+                                                              draws.get(f"{scale}_t2v"), draws.get(f"{scale}_v2t")))
         if c.textual_structure in ("both", "qdl"):
             terms["query_diversity"] = (c.query_diversity_weight, query_diversity(
                 out.query_first, labels, c.diversity_margin, c.diversity_alpha, c.diversity_lambda))

@@ -114,8 +114,14 @@ class DreamPRVR(PRVRModel):
         clip, frame, frame_mask = self.video_tokens(batch.clip, batch.frames, batch.frame_mask)
         return VideoRepr({"clip": TokenSet(clip), "frame": TokenSet(frame, frame_mask)})
 
-    def forward_train(self, batch) -> TrainOutputs:
-        return self(batch.clip, batch.frames, batch.frame_mask, batch.text, batch.text_mask, batch.labels)
+    def forward_train(self, batch, draws: dict[str, torch.Tensor] | None = None) -> TrainOutputs:
+        """`draws` (see `TrainStep.draws`): the perturbation draws `perturbation_alpha`/`perturbation_beta`
+        (B, K, D) to use instead of drawing them."""
+        perturbation = None
+        if draws is not None and "perturbation_alpha" in draws:
+            perturbation = (draws["perturbation_alpha"], draws["perturbation_beta"])
+        return self(batch.clip, batch.frames, batch.frame_mask, batch.text, batch.text_mask, batch.labels,
+                    perturbation=perturbation)
 
     # ---------------------------------------------------------------- query side
     def query_embedding(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
@@ -181,9 +187,11 @@ class DreamPRVR(PRVRModel):
         return self._encode_tokens(clip_tokens, frames, frame_mask, registers)
 
     # ---------------------------------------------------------------- training
-    def forward(self, clip, frames, frame_mask, text, text_mask, labels) -> TrainOutputs:
+    def forward(self, clip, frames, frame_mask, text, text_mask, labels,
+                perturbation: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainOutputs:
         """Training pass: all the tensors the losses need. The original encodes the queries twice (different
-        dropout masks); `single_query_pass=True` reuses the first pass."""
+        dropout masks); `single_query_pass=True` reuses the first pass. `perturbation`: (alpha, beta) draws of
+        the textual perturbation sampler, (B, K, D) each, instead of drawing them."""
         B = clip.shape[0]
         query_first = self.query_embedding(text, text_mask)  # (N, D)
         frames, frame_mask = self._pad_frames(frames, frame_mask)
@@ -195,7 +203,7 @@ class DreamPRVR(PRVRModel):
             noise = self._start_noise(mu)  # (B, K, D)
             out.update(mu=mu, logvar=logvar)
             if self.cfg.use_diffusion:
-                x0 = self.text_perturbation(segment_mean(query_first, labels, B))  # (B, K, D)
+                x0 = self.text_perturbation(segment_mean(query_first, labels, B), draws=perturbation)  # (B, K, D)
                 x_t = self.diffusion.q_sample(x0, noise)  # (T, B, K, D)
                 T = x_t.shape[0]
                 steps = torch.arange(T, device=clip.device).repeat_interleave(B)  # (T*B,)

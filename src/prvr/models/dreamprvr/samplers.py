@@ -108,16 +108,20 @@ class TextPerturbationSampler(nn.Module):
         self.num_samples = num_samples
         self.scale = scale
 
-    def forward(self, text_mean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """text_mean (B, D) -> x0 (B, K, D)."""
+    def forward(self, text_mean: torch.Tensor, generator: torch.Generator | None = None,
+                draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """text_mean (B, D) -> x0 (B, K, D). `draws`: (alpha, beta), each (B, K, D), used instead of drawing (a
+        test feeding another implementation's recorded draws)."""
         B, D = text_mean.shape
         standardised = (text_mean - text_mean.mean(-1, keepdim=True)) / torch.sqrt(
             text_mean.var(-1, unbiased=False, keepdim=True) + 1e-5)  # (B, D)
-        with torch.no_grad():
-            spread = (self.scale * text_mean.std(-1, keepdim=True)).clamp_min(1e-6)[:, None]  # (B, 1, 1)
-            centre = text_mean.mean(-1, keepdim=True)[:, None]  # (B, 1, 1)
-            shape = (B, self.num_samples, D)
-            alpha = 1.0 + spread * torch.randn(shape, device=text_mean.device, generator=generator)
-            beta = centre + spread * torch.randn(shape, device=text_mean.device, generator=generator)
+        if draws is not None:
+            alpha, beta = draws
+        else:
+            with torch.no_grad():
+                spread = (self.scale * text_mean.std(-1, keepdim=True)).clamp_min(1e-6)[:, None]  # (B, 1, 1)
+                centre = text_mean.mean(-1, keepdim=True)[:, None]  # (B, 1, 1)
+                shape = (B, self.num_samples, D)
+                alpha = 1.0 + spread * torch.randn(shape, device=text_mean.device, generator=generator)
+                beta = centre + spread * torch.randn(shape, device=text_mean.device, generator=generator)
         return alpha * standardised[:, None] + beta
-
