@@ -7,6 +7,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,7 @@ def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, lo
         for step, batch in enumerate(bar):
             b = batch.to(device)
             loss, terms = train_step(model, criterion, optimizer, b, TrainStep(epoch, hard), device, tc.amp,
-                                     check=lambda loss, terms: check_finite_loss(loss, terms, epoch, step, last_path))
+                                     check=partial(check_finite_loss, epoch=epoch, step=step, last_path=last_path))
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
