@@ -26,7 +26,13 @@ RNG_KEY = "rng::torch"
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, train_state: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None) -> Path:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors, seen = {}, set()
+    for k, v in model.state_dict().items():
+        v = v.detach().contiguous().cpu()
+        if v.data_ptr() in seen:  # one tensor under several names (a module shared by layers): safetensors wants copies
+            v = v.clone()
+        seen.add(v.data_ptr())
+        tensors[k] = v
     meta = {"format": FORMAT, "config": json.dumps(cfg.to_dict()), "train_state": json.dumps(train_state or {})}
     if optimizer is not None:
         names = {id(p): n for n, p in model.named_parameters()}

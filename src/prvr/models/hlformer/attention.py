@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from prvr.models.hlformer.lorentz import LorentzManifold
-from prvr.models.layers import AttentionBlock, FeedForward, Projection, StackedAttentionBlocks, gaussian_kernel
+from prvr.models.layers import AttentionBlock, FeedForward, Projection, StackedAttentionBlocks
 
 MASK_FILL = -1e18  # masked keys of the Lorentz attention (a fill, not an additive mask)
 
@@ -21,9 +21,21 @@ def branch_widths(n: int) -> list[float | None]:
     return [None] + [2.0**i for i in range(1, n)]
 
 
+def gaussian_prior(length: int, width: float) -> torch.Tensor:
+    """(L, L) Gaussian prior, centre i/L, position j/(L-1), sigma = max(w, 0.01)/9, row max 1: `gaussian_kernel`
+    evaluated as the HLFormer release does (the normal density, then divided by its row maximum). The values
+    agree to 1 ulp; this form matches bit for bit, which matters because the Lorentz centroid's normalisation
+    (a difference of squares of time and space) amplifies such differences about thirtyfold."""
+    centre = torch.arange(length)[:, None] / length  # (L, 1)
+    position = torch.linspace(0, 1, length)[None, :]  # (1, L)
+    sigma = torch.full((length, 1), float(width)).clamp(min=1e-2) / 9
+    g = 0.3989422804014327 / sigma * torch.exp(-((position - centre) ** 2) / (2 * sigma**2))
+    return g / g.max(dim=-1, keepdim=True).values
+
+
 def gaussian_kernels(length: int, n: int) -> torch.Tensor:
     """(n, L, L) multiplicative priors: ones for the global branch, Gaussians of widths 2, 4, ... after."""
-    return torch.stack([torch.ones(length, length) if w is None else gaussian_kernel(length, w)
+    return torch.stack([torch.ones(length, length) if w is None else gaussian_prior(length, w)
                         for w in branch_widths(n)])
 
 
