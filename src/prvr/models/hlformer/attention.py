@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from prvr.models.fused import drop, dropout_scale, fused_enabled, relu_drop, stacked_layer_norm
 from prvr.models.hlformer.lorentz import LorentzManifold
 from prvr.models.layers import AttentionBlock, FeedForward, Projection, StackedAttentionBlocks
 
@@ -39,6 +40,22 @@ def gaussian_kernels(length: int, n: int) -> torch.Tensor:
                         for w in branch_widths(n)])
 
 
+def heads_on_hyperboloid(y: torch.Tensor, scale: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """y (..., heads, dh) -> Lorentz points per head: time sigmoid(y_0) e^scale + 1.1, the other coordinates rescaled
+    so that -time^2 + |space|^2 = -k (no epsilon, as in the original)."""
+    time = y[..., :1].sigmoid() * scale.exp() + 1.1
+    space = y[..., 1:]
+    ratio = (time * time - k) / space.pow(2).sum(dim=-1, keepdim=True)
+    return torch.cat([time, space * ratio.sqrt()], dim=-1)
+
+
+def lorentz_logits(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(2 + 2 <q, k>_L) / scale + bias for q (..., Lq, d), k (..., Lk, d) -> (..., Lq, Lk)."""
+    sign = torch.ones(q.shape[-1], dtype=q.dtype, device=q.device)
+    sign[0] = -1.0  # <q, k>_L = (-q_0, q_s) . k
+    return (2 + 2 * ((q * sign) @ k.transpose(-1, -2))) / scale + bias
+
+
 class LorentzLinear(nn.Module):
     """Linear map of Lorentz points (..., n + 1) to `heads` points of n_out / heads coordinates each.
 
@@ -56,13 +73,7 @@ class LorentzLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, L, n + 1) -> (B, L, heads, (n + 1) / heads)."""
         y = self.linear(self.drop(x)).unflatten(-1, (self.heads, -1))
-        return self.to_hyperboloid(y)
-
-    def to_hyperboloid(self, y: torch.Tensor) -> torch.Tensor:
-        time = y[..., :1].sigmoid() * self.scale.exp() + 1.1
-        space = y[..., 1:]
-        ratio = (time * time - self.manifold.k) / space.pow(2).sum(dim=-1, keepdim=True)
-        return torch.cat([time, space * ratio.sqrt()], dim=-1)
+        return heads_on_hyperboloid(y, self.scale, self.manifold.k)
 
 
 class LorentzMultiHeadAttention(nn.Module):
@@ -81,8 +92,7 @@ class LorentzMultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, prior: torch.Tensor | None) -> torch.Tensor:
         """x (B, L, n + 1) points, key_mask (B, L), prior (L, L) -> (B, L, n + 1): heads' points concatenated."""
         q, k, v = (f(x).transpose(1, 2) for f in (self.query, self.key, self.value))  # (B, h, L, dh)
-        q = torch.cat([-q[..., :1], q[..., 1:]], dim=-1)  # <q, k>_L = (-q_0, q_s) . k
-        logits = (2 + 2 * (q @ k.transpose(-1, -2))) / self.scale + self.bias  # (B, h, L, L)
+        logits = lorentz_logits(q, k, self.scale, self.bias)  # (B, h, L, L)
         if prior is not None:
             logits = logits * prior
         if key_mask is not None:
@@ -126,17 +136,81 @@ class LorentzAttentionBlock(nn.Module):
 
 
 class LorentzBranches(nn.Module):
-    """A bank of Lorentz attention blocks over the same tokens (one global, the others with Gaussian priors)."""
+    """A bank of Lorentz attention blocks over the same tokens (one global, the others with Gaussian priors).
+
+    Each block keeps its own parameters (state dicts stay one module per branch, as in the original). In training
+    the bank runs as one batched pass over stacked weights, with the cheap dropout masks and folded 1/(1-p) of
+    `prvr.models.fused` and the stacked LayerNorm / ReLU+dropout that keep one tensor for backward; inference (and
+    the reference path) runs the plain blocks."""
 
     def __init__(self, n_blocks: int, dim: int, lorentz_dim: int, n_heads: int, dropout: float,
                  manifold: LorentzManifold):
         super().__init__()
         self.blocks = nn.ModuleList(LorentzAttentionBlock(dim, lorentz_dim, n_heads, dropout, manifold)
                                     for _ in range(n_blocks))
+        self.manifold = manifold
+        self.n_heads = n_heads
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, priors: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), priors (A, L, L) (ones for the global branch) -> (A, B, L, D)."""
-        return torch.stack([blk(x, key_mask, None if a == 0 else priors[a]) for a, blk in enumerate(self.blocks)])
+        if not torch.is_grad_enabled() or not fused_enabled():
+            return torch.stack([blk(x, key_mask, None if a == 0 else priors[a]) for a, blk in enumerate(self.blocks)])
+        return self._fused(x, key_mask, priors)
+
+    def _stack(self, getter) -> torch.Tensor:
+        return torch.stack([getter(b) for b in self.blocks])
+
+    def _projection(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """LayerNorm -> dropout -> linear -> ReLU of every branch's `name` projection: x (A or 1, M, d_in)."""
+        st, p, tr = self._stack, self.dropout, self.training
+        norm = getattr(self.blocks[0], name).norm
+        if x.shape[0] == 1:  # the same input for every branch: normalise once, then each branch's affine
+            h = torch.addcmul(st(lambda b: getattr(b, name).norm.bias)[:, None],
+                              F.layer_norm(x, x.shape[-1:], eps=norm.eps), st(lambda b: getattr(b, name).norm.weight)[:, None])
+        else:
+            h = stacked_layer_norm(x, st(lambda b: getattr(b, name).norm.weight), st(lambda b: getattr(b, name).norm.bias),
+                                   norm.eps)
+        w = st(lambda b: getattr(b, name).linear.weight) * dropout_scale(p, tr)  # (A, d_out, d_in)
+        return torch.baddbmm(st(lambda b: getattr(b, name).linear.bias)[:, None], drop(h, p, tr), w.transpose(1, 2)).relu()
+
+    def _fused(self, x: torch.Tensor, key_mask: torch.Tensor | None, priors: torch.Tensor) -> torch.Tensor:
+        A, h, p, tr, st = len(self.blocks), self.n_heads, self.dropout, self.training, self._stack
+        B, L, D = x.shape
+        M, k = B * L, self.manifold.k
+        xf = x.reshape(1, M, D)
+        scale = st(lambda b: b.scale_alpha).exp()[:, None, None]  # (A, 1, 1)
+        points = self.manifold.expmap0(self._projection(xf, "in_proj") * scale)  # (A, M, n + 1)
+        n1 = points.shape[-1]
+        heads = []
+        for name in ("query", "key", "value"):  # each Lorentz linear map drops its own input coordinates
+            w = st(lambda b, name=name: getattr(b.attn, name).linear.weight) * dropout_scale(p, tr)  # (A, n+1, n+1)
+            y = torch.bmm(drop(points, p, tr), w.transpose(1, 2)).view(A, B, L, h, n1 // h)
+            s = st(lambda b, name=name: getattr(b.attn, name).scale)[:, None, None, None, None]
+            heads.append(heads_on_hyperboloid(y, s, k).transpose(2, 3))  # (A, B, h, L, dh)
+        q, kk, v = heads
+        # ((2 + 2 <q, k>_L) / s + b) * prior as one fused pass: <q, k>_L * (2 prior / s) + (2 / s + b) prior
+        two_s = 2 / st(lambda b: b.attn.scale)[:, :, None]  # (A, 1, 1)
+        shift = (two_s + st(lambda b: b.attn.bias)[:, None, None]) * priors  # (A, L, L); the global prior is ones
+        sign = torch.ones(n1 // h, dtype=q.dtype, device=q.device)
+        sign[0] = -1.0
+        logits = torch.addcmul(shift[:, None, None], (q * sign) @ kk.transpose(-1, -2), (two_s * priors)[:, None, None])
+        if key_mask is not None:
+            logits = logits.masked_fill(key_mask[:, None, None, :] == 0, MASK_FILL)
+        out = LorentzManifold.midpoint(v, logits.softmax(dim=-1))  # (A, B, h, L, dh)
+        out = self.manifold.logmap0(out.transpose(2, 3).reshape(A, M, n1)) / scale  # (A, M, n)
+        out = self._projection(out, "out_proj")  # (A, M, D)
+        # the transformer layer around it: post-norm residual, feed-forward (4 D)
+        ds = dropout_scale(p, tr)
+        blk = self.blocks[0]
+        y = torch.add(xf, drop(out, p, tr), alpha=ds)
+        y = stacked_layer_norm(y, st(lambda b: b.norm1.weight), st(lambda b: b.norm1.bias), blk.norm1.eps)
+        hdn = torch.baddbmm(st(lambda b: b.ffn.fc1.bias)[:, None], y, st(lambda b: b.ffn.fc1.weight).transpose(1, 2))
+        hdn = relu_drop(hdn, p, tr)  # (A, M, 4D)
+        f = torch.baddbmm(st(lambda b: b.ffn.fc2.bias)[:, None], hdn, (st(lambda b: b.ffn.fc2.weight) * ds).transpose(1, 2))
+        y = torch.add(y, drop(f, p, tr), alpha=ds)
+        y = stacked_layer_norm(y, st(lambda b: b.norm2.weight), st(lambda b: b.norm2.bias), blk.norm2.eps)
+        return y.view(A, B, L, D)
 
 
 class MeanGuidedFusion(nn.Module):
