@@ -37,6 +37,11 @@ def last_json(stdout: str) -> dict:
     return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
+def cpu_total(x) -> float:
+    """CPU seconds of the process while timed (all threads): less sensitive to other load than wall time."""
+    return min(x) if isinstance(x, list) else x
+
+
 def run(cmd: list[str]) -> dict:
     print("$", " ".join(cmd), flush=True)
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -82,15 +87,16 @@ def main() -> None:
             theirs = run([*original, "--mode", "train", "--steps", str(args.steps)])
             mine = run([ours[0], str(HERE / "train_step.py"), *ours[1:], "--batch-videos", str(args.batch_videos),
                         "--steps", str(args.steps)])
-            key = "train_step_s_median"
+            key, cpu_key = "train_step_s_median", "train_step_cpu_s"
         else:
             write_eval_inputs(inputs, cfg, args.videos, args.queries)
             theirs = run([*original, "--mode", "eval"])
             mine = run([ours[0], str(HERE / "evaluate.py"), *ours[1:], "--videos", str(args.videos),
                         "--queries", str(args.queries)])
-            key = "eval_total_s"
+            key, cpu_key = "eval_total_s", "eval_cpu_s"
     result = {"model": args.model, "what": args.what, "preset": args.preset, "original": theirs, "prvr": mine,
               "time_ratio": round(mine[key] / theirs[key], 3),
+              "cpu_time_ratio": round(cpu_total(mine[cpu_key]) / cpu_total(theirs[cpu_key]), 3),
               "memory_ratio": round(mine["peak_rss_mb"] / theirs["peak_rss_mb"], 3)}
     write_result(f"compare_{args.model}_{args.what}_{args.preset}", result, args.json)
 
