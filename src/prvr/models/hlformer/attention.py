@@ -148,8 +148,7 @@ class LorentzBranches(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(LorentzAttentionBlock(dim, lorentz_dim, n_heads, dropout, manifold)
                                     for _ in range(n_blocks))
-        self.manifold = manifold
-        self.n_heads = n_heads
+        self.n_heads = n_heads  # (the manifold is the blocks': one more reference would add names to the state dict)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, priors: torch.Tensor) -> torch.Tensor:
@@ -177,10 +176,11 @@ class LorentzBranches(nn.Module):
     def _fused(self, x: torch.Tensor, key_mask: torch.Tensor | None, priors: torch.Tensor) -> torch.Tensor:
         A, h, p, tr, st = len(self.blocks), self.n_heads, self.dropout, self.training, self._stack
         B, L, D = x.shape
-        M, k = B * L, self.manifold.k
+        manifold = self.blocks[0].manifold
+        M, k = B * L, manifold.k
         xf = x.reshape(1, M, D)
         scale = st(lambda b: b.scale_alpha).exp()[:, None, None]  # (A, 1, 1)
-        points = self.manifold.expmap0(self._projection(xf, "in_proj") * scale)  # (A, M, n + 1)
+        points = manifold.expmap0(self._projection(xf, "in_proj") * scale)  # (A, M, n + 1)
         n1 = points.shape[-1]
         heads = []
         for name in ("query", "key", "value"):  # each Lorentz linear map drops its own input coordinates
@@ -198,7 +198,7 @@ class LorentzBranches(nn.Module):
         if key_mask is not None:
             logits = logits.masked_fill(key_mask[:, None, None, :] == 0, MASK_FILL)
         out = LorentzManifold.midpoint(v, logits.softmax(dim=-1))  # (A, B, h, L, dh)
-        out = self.manifold.logmap0(out.transpose(2, 3).reshape(A, M, n1)) / scale  # (A, M, n)
+        out = manifold.logmap0(out.transpose(2, 3).reshape(A, M, n1)) / scale  # (A, M, n)
         out = self._projection(out, "out_proj")  # (A, M, D)
         # the transformer layer around it: post-norm residual, feed-forward (4 D)
         ds = dropout_scale(p, tr)
