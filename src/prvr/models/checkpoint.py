@@ -32,7 +32,13 @@ def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
 def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, train_state: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Write a checkpoint atomically. Non-finite weights are never written (NonFiniteError)."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors, seen = {}, set()
+    for k, v in model.state_dict().items():
+        v = v.detach().contiguous().cpu()
+        if v.data_ptr() in seen:  # one tensor under several names (a module shared by layers): safetensors wants copies
+            v = v.clone()
+        seen.add(v.data_ptr())
+        tensors[k] = v
     bad = nonfinite_tensors(tensors)
     if bad:
         raise NonFiniteError(f"{path}: not written: {len(bad)} weight tensors hold NaN or Inf, e.g. {bad[0]!r}")
