@@ -119,7 +119,10 @@ def import_original_checkpoint(src: str | Path, out: str | Path, model_name: str
     if entry.original_config is None or entry.original_state is None:
         raise PrvrError(f"model {model_name!r} has no converter for the authors' checkpoints")
     ckpt = load_original_checkpoint(src)
-    cfg = default_config(model_name).apply(entry.original_config(dict(ckpt["config"])), where=f"{src} (config)").check()
+    cfg = default_config(model_name).apply(entry.original_config(dict(ckpt["config"])), where=f"{src} (config)")
+    if entry.original_weights_config is not None:
+        cfg.apply(entry.original_weights_config(ckpt), where=f"{src} (weights)")
+    cfg.check()
     model = build_model(cfg.model)
     load_weights(model, entry.original_state(ckpt, model), src)
     info = {"imported_from": Path(src).name, "epoch": ckpt.get("epoch"), "model_val": ckpt.get("model_val")}
