@@ -35,7 +35,14 @@ from prvr.models.presets import default_config, load_preset
 from prvr.train.optim import BertAdam, no_decay_names, param_groups
 from tests.conftest import GOLDEN_DIR
 
+# Tolerances: the 1e-5 for token encodings and raw (dot-product) scores; about 10x the measured error where
+# that is far below (cosine scores, loss terms, POT, the metric's matrix); weights after 10 steps 1e-4 (multi: measured
+# 2.7e-5, the clip fusion's temperature 0.09 amplifies rounding) and 2e-5 for the single form (measured 2.3e-6).
 ATOL = 1e-5
+SCORE_ATOL = 1e-6
+LOSS_RTOL = 1e-6
+STEP_ATOL = 2e-6
+WEIGHTS10_ATOL = {"holmes": 2e-5, "holmes-multi": 1e-4}
 VARIANTS = ["holmes", "holmes-multi"]
 
 
@@ -135,7 +142,8 @@ def test_forward_outputs(small):
         checks += [("frame_query_tokens", tokens), ("token_weights", queries.weights[:, 1:]),
                    ("frame_query_tokens", queries.vectors[:, 1:])]
     for name, ours in checks:
-        close(ours, z[f"output/{name}"], name)
+        close(ours, z[f"output/{name}"], name, atol=ATOL if "encoded" in name or "unnorm" in name or "query" in name
+              else SCORE_ATOL)
 
 
 def test_gaussian_mixture_blocks(small):
@@ -220,9 +228,9 @@ def test_loss_terms(small, mode):
     assert set(terms) == expected
     for name, value in terms.items():
         ref = float(z[f"loss/{mode}/{GOLDEN_TERM[name]}"])
-        assert abs(float(value) - ref) <= ATOL * max(1.0, abs(ref)), (name, float(value), ref)
+        assert abs(float(value) - ref) <= LOSS_RTOL * max(1.0, abs(ref)), (name, float(value), ref)
     ref_total = float(z[f"loss/{mode}/total"]) + (1e-3 * float(z[f"loss/{mode}/dc_unweighted"]) if multi else 0.0)
-    assert abs(float(total) - ref_total) <= ATOL * max(1.0, abs(ref_total))
+    assert abs(float(total) - ref_total) <= LOSS_RTOL * max(1.0, abs(ref_total))
 
 
 @pytest.mark.parametrize("mode", ["random", "hard"])
@@ -234,14 +242,14 @@ def test_evidential_intermediates(small, mode):
     p = f"loss/{mode}/"
     frame, clip, labels = t(z, "output/frame_scale_scores"), t(z, "output/clip_scale_scores"), t(z, "input/labels")
     fa, ca = dirichlet_alpha(frame, c.edl_tau), dirichlet_alpha(clip, c.edl_tau)
-    close(fa, z[p + "edl/frame_alpha"], "frame_alpha", atol=1e-5 * float(np.abs(z[p + "edl/frame_alpha"]).max()))
-    close(ca, z[p + "edl/clip_alpha"], "clip_alpha", atol=1e-5 * float(np.abs(z[p + "edl/clip_alpha"]).max()))
+    close(fa, z[p + "edl/frame_alpha"], "frame_alpha", atol=LOSS_RTOL * float(np.abs(z[p + "edl/frame_alpha"]).max()))
+    close(ca, z[p + "edl/clip_alpha"], "clip_alpha", atol=LOSS_RTOL * float(np.abs(z[p + "edl/clip_alpha"]).max()))
     evidence, alpha = ds_combine(fa, ca)
     scale = float(np.abs(z[p + "edl/all_alpha"]).max())
-    close(evidence, z[p + "edl/all_evidence"], "all_evidence", atol=1e-5 * scale)
-    close(alpha, z[p + "edl/all_alpha"], "all_alpha", atol=1e-5 * scale)
+    close(evidence, z[p + "edl/all_evidence"], "all_evidence", atol=LOSS_RTOL * scale)
+    close(alpha, z[p + "edl/all_alpha"], "all_alpha", atol=LOSS_RTOL * scale)
     K = frame.shape[1]
-    close(K / alpha.sum(1, keepdim=True), z[p + "edl/all_u"], "all_u")
+    close(K / alpha.sum(1, keepdim=True), z[p + "edl/all_u"], "all_u", atol=SCORE_ATOL)
     y = F_one_hot(labels, K)
     if mode == "hard":
         for view, scores, a in (("frame", frame, fa), ("clip", clip, ca)):
@@ -251,10 +259,10 @@ def test_evidential_intermediates(small, mode):
         y = refined_labels(frame, clip, labels, fa, ca, c.division_beta, c.smooth_beta)
         changed = torch.where((y != F_one_hot(labels, K)).any(dim=1))[0].tolist()
         assert changed == z[p + "edl/ambiguous_queries"].tolist() and changed  # some queries were smoothed
-    close(y, z[p + "edl/labels"], "labels")
-    close(edl_mse(y, alpha).mean(), z[p + "edl/combine_loss"], "combine_edl")
+    close(y, z[p + "edl/labels"], "labels", atol=SCORE_ATOL)
+    close(edl_mse(y, alpha).mean(), z[p + "edl/combine_loss"], "combine_edl", atol=SCORE_ATOL)
     if variant == "holmes-multi":
-        close(view_consistency(fa, ca), z[p + "dc_unweighted"], "dc")
+        close(view_consistency(fa, ca), z[p + "dc_unweighted"], "dc", atol=SCORE_ATOL)
 
 
 def F_one_hot(labels: torch.Tensor, K: int) -> torch.Tensor:
@@ -268,14 +276,15 @@ def test_partial_optimal_transport(small):
     c = run_config(meta, variant).loss
     sim, mask = pot_inputs(t(z, "output/encoded_clip"), t(z, "output/query_embedding"), t(z, "input/labels"))
     close(mask, z["output/pot/text_mask"], "text_mask")
-    close(sim, z["output/pot/sim"], "sim")
-    close(dustbin_value(sim, mask, c.pot_prompt_ratio), z["output/pot/prompt"], "prompt")
+    close(sim, z["output/pot/sim"], "sim", atol=SCORE_ATOL)
+    close(dustbin_value(sim, mask, c.pot_prompt_ratio), z["output/pot/prompt"], "prompt", atol=SCORE_ATOL)
     plan = transport_plan(sim, mask, c.pot_scale, c.pot_prompt_ratio, c.sinkhorn_iterations)
-    close(plan, z["output/pot/plan"], "plan")
-    close(plan.sum(dim=(1, 2)), z["output/pot/mass"], "mass")
+    close(plan, z["output/pot/plan"], "plan", atol=SCORE_ATOL)
+    close(plan.sum(dim=(1, 2)), z["output/pot/mass"], "mass", atol=SCORE_ATOL)
     alpha = torch.exp(torch.tanh(sim) / c.intra_video_edl_tau) + 1
     per_query = edl_mse(plan.reshape(-1, sim.shape[2]), alpha.reshape(-1, sim.shape[2])).view(mask.shape)
-    close(per_query * mask, z["loss/hard/intra_edl/per_query_loss"] * z["output/pot/text_mask"], "per_query_loss")
+    close(per_query * mask, z["loss/hard/intra_edl/per_query_loss"] * z["output/pot/text_mask"], "per_query_loss",
+          atol=SCORE_ATOL)
 
 
 # ------------------------------------------------------------------------------------------------ metric
@@ -286,7 +295,7 @@ def test_metric(small):
     queries = Batch(text=t(z, "metric/query_feat"), text_mask=t(z, "metric/query_mask"))
     with torch.no_grad():
         scores = model.score(model.encode_queries(queries), model.encode_videos(videos))
-    close(scores, z["metric/scores"], "metric scores")
+    close(scores, z["metric/scores"], "metric scores", atol=SCORE_ATOL)
     column = {v: i for i, v in enumerate(meta["metric_video_ids"])}
     gt = torch.tensor([column[q.split("#", 1)[0]] for q in meta["metric_query_ids"]])
     ours = recalls(ranks_from_scores(scores, gt))
@@ -346,8 +355,8 @@ def test_ten_steps(variant, recompute):
         assert ("intra_video_edl" in terms) == s["warmup_end"]
         for name, value in terms.items():
             ref = float(z[f"step/{k}/loss/{STEP_TERMS[name]}"])
-            assert abs(weight.get(name, 1.0) * float(value) - ref) <= ATOL * max(1.0, abs(ref)), (k, name)
-        assert abs(float(loss.detach()) - float(z[f"step/{k}/loss/total"])) <= ATOL * max(1.0, float(loss.detach()))
+            assert abs(weight.get(name, 1.0) * float(value) - ref) <= STEP_ATOL * max(1.0, abs(ref)), (k, name)
+        assert abs(float(loss.detach()) - float(z[f"step/{k}/loss/total"])) <= STEP_ATOL * max(1.0, float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if k == 1:
@@ -367,7 +376,8 @@ def test_ten_steps(variant, recompute):
         if k in (1, 2, 10):
             state = model.state_dict()
             for n, orig in original.items():
-                close(state[n], z[f"weights{k}/{orig}"], f"weights{k} {n}", atol=0.0 if k == 1 else 1e-4)
+                close(state[n], z[f"weights{k}/{orig}"], f"weights{k} {n}",
+                      atol={1: 0.0, 2: STEP_ATOL, 10: WEIGHTS10_ATOL[variant]}[k])
 
 
 def check_first_grads(variant, z, meta, grads, original) -> None:
@@ -422,6 +432,6 @@ def test_authors_checkpoint_converts_and_evaluates(variant, tmp_path):
     columns = list(dict.fromkeys(c.split("#", 1)[0] for c in meta["caption_ids"]))
     assert columns == meta["column_video_ids"]
     rows = [meta["row_query_ids"].index(c) for c in meta["caption_ids"]]
-    np.testing.assert_allclose(ours, z["scores"][rows], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(ours, z["scores"][rows], atol=SCORE_ATOL, rtol=0)
     metrics = json.loads((tmp_path / "m.json").read_text())
     np.testing.assert_allclose([metrics[f"R@{k}"] for k in (1, 5, 10, 100)], z["recalls"], atol=1e-9)
