@@ -8,8 +8,8 @@ from prvr.models.holmes.model import Holmes, TrainOutputs
 from prvr.models.registry import ModelEntry, register
 
 register(ModelEntry(
-    name="holmes", summary="Holmes (ICML 2026): evidential learning over clip and frame scores, partial-OT intra-video "
-    "evidence; model.query_form=single|multi",
+    name="holmes", summary="Holmes (ICML 2026): evidential learning on clip and frame scores, partial-OT intra-video "
+    "evidence; single- or dual-query",
     config=HolmesConfig, loss_config=HolmesLossConfig, model=Holmes, loss=HolmesLoss,
     presets="prvr.models.holmes.presets", original_config=config_mapping, original_state=convert_original,
     original_weights_config=weights_mapping))
