@@ -77,7 +77,7 @@ def main() -> None:
     result = {"model": args.model, "preset": args.preset, "overrides": args.overrides, "malloc_tuning": not args.no_malloc_tuning, "batch_videos": args.batch_videos, "n_queries": int(batch.labels.numel()),
               "device": str(device), "amp": args.amp, "train_step_s": [round(t, 3) for t in times],
               "train_step_s_median": round(statistics.median(times), 3),
-              "train_step_cpu_s": [round(c, 3) for c in cpu], "peak_rss_mb": round(peak_rss_mb(), 1)}
+              "train_step_cpu_s": [round(c, 3) for c in cpu], "train_step_cpu_s_median": round(statistics.median(cpu), 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
     if device.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     model_tag = "" if args.model == "dreamprvr" else f"{args.model}_"  # DreamPRVR's files keep their names

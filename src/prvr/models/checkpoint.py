@@ -155,9 +155,13 @@ def import_original_checkpoint(src: str | Path, out: str | Path, model_name: str
     check_writable(out, "output checkpoint")
     try:
         mapping = entry.original_config(dict(ckpt["config"]))
+        weights_mapping = entry.original_weights_config(ckpt) if entry.original_weights_config is not None else {}
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
         raise CheckpointError(f"{src}: its config cannot be read as {model_name}'s ({e.__class__.__name__}: {e})") from None
-    cfg = default_config(model_name).apply(mapping, where=f"{src} (config)").check(f"{src} (config)")
+    cfg = default_config(model_name).apply(mapping, where=f"{src} (config)")
+    if weights_mapping:
+        cfg.apply(weights_mapping, where=f"{src} (weights)")
+    cfg.check(f"{src} (config)")
     model = build_model(cfg.model)
     load_weights(model, entry.original_state(ckpt, model), src)
     info = {"imported_from": Path(src).name, "epoch": ckpt.get("epoch"), "model_val": ckpt.get("model_val")}
