@@ -158,3 +158,31 @@ def test_too_many_frames_is_an_error():
 def test_lorentz_heads_must_divide():
     with pytest.raises(Exception, match="lorentz_dim"):
         tiny(lorentz_dim=14)
+
+
+def test_degenerate_heads_stay_finite():
+    """Where the original gives NaN (a head with a zero space part; a point at the origin, e.g. a row zeroed by
+    ReLU and dropout at small widths), prvr gives the limit, with finite gradients; elsewhere the same numbers."""
+    from prvr.models.hlformer.attention import heads_on_hyperboloid
+    from prvr.models.hlformer.lorentz import LorentzManifold
+
+    y = torch.randn(2, 3, 4, 5)
+    y[0, 1, 2, 1:] = 0.0  # one head's space part exactly zero
+    y[1, 0, 0, 1:] = 1e-21  # one nearly zero
+    y.requires_grad_(True)
+    scale, k = torch.tensor(0.3), torch.tensor(1.0)
+    pts = heads_on_hyperboloid(y, scale, k)
+    pts.sum().backward()
+    assert torch.isfinite(pts).all() and torch.isfinite(y.grad).all()
+    assert (pts[0, 1, 2, 1:] == 0).all() and (pts[1, 0, 0, 1:] == 0).all()
+    time = y[..., :1].sigmoid() * scale.exp() + 1.1
+    plain = y[..., 1:] * ((time * time - k) / y[..., 1:].pow(2).sum(-1, keepdim=True)).sqrt()  # the original's form
+    keep = torch.ones(2, 3, 4, dtype=torch.bool)
+    keep[0, 1, 2] = keep[1, 0, 0] = False
+    torch.testing.assert_close(pts[..., 1:][keep], plain[keep], rtol=0, atol=0)
+    origin = torch.zeros(4, 6)
+    origin[:, 0] = 1.0
+    origin[1:, 1:] = torch.randn(3, 5) * 1e-3  # near the origin: the usual formula
+    origin[1:, 0] = (1 + origin[1:, 1:].pow(2).sum(-1)).sqrt()
+    out = LorentzManifold.logmap0(origin)
+    assert torch.isfinite(out).all() and (out[0] == 0).all()

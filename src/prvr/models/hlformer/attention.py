@@ -42,11 +42,17 @@ def gaussian_kernels(length: int, n: int) -> torch.Tensor:
 
 def heads_on_hyperboloid(y: torch.Tensor, scale: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """y (..., heads, dh) -> Lorentz points per head: time sigmoid(y_0) e^scale + 1.1, the other coordinates rescaled
-    so that -time^2 + |space|^2 = -k (no epsilon, as in the original)."""
+    so that -time^2 + |space|^2 = -k, as the original: space * sqrt((time^2 - k) / |space|^2). The original has no
+    epsilon there: a head whose space part is zero or nearly (a row zeroed by ReLU and dropout, common at small
+    widths) gives NaN or inf and, through the branch fusion's mean, NaN in the whole video. Here a head with
+    |space|^2 below sqrt of the dtype's smallest normal number (1e-19 in float32) keeps a zero space part, and its
+    gradient is zero; every other head is computed exactly as in the original."""
     time = y[..., :1].sigmoid() * scale.exp() + 1.1
     space = y[..., 1:]
-    ratio = (time * time - k) / space.pow(2).sum(dim=-1, keepdim=True)
-    return torch.cat([time, space * ratio.sqrt()], dim=-1)
+    sq = space.pow(2).sum(dim=-1, keepdim=True)
+    ok = sq > torch.finfo(y.dtype).tiny ** 0.5
+    ratio = (time * time - k) / torch.where(ok, sq, torch.ones_like(sq))  # never divides by (nearly) zero
+    return torch.cat([time, torch.where(ok, space * ratio.sqrt(), torch.zeros_like(space))], dim=-1)
 
 
 def lorentz_logits(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -85,9 +85,12 @@ class LorentzManifold(nn.Module):
         """Points (..., n + 1) -> space part (..., n) of their tangent vectors at the origin (time part 0).
 
         Only x_0 sets the distance: for a concatenation of several heads' points (each with its own time axis,
-        as the original passes them) the later heads' time coordinates are kept as features."""
+        as the original passes them) the later heads' time coordinates are kept as features. At the origin
+        (t = 1, e.g. a row whose ReLU projection is all zero) the original divides by sqrt(0) and gives NaN; the
+        denominator here is clamped as in `acosh`, which gives the limit acosh(t) / sqrt(t^2 - 1) -> 1. In
+        float32 nothing else changes: t^2 - 1 >= 2.4e-7 for every t > 1."""
         t = x[..., :1]  # (..., 1)
-        return acosh(t) / torch.sqrt(t * t - 1) * x[..., 1:]
+        return acosh(t) / (t * t - 1).clamp(min=1e-9).sqrt() * x[..., 1:]
 
     @staticmethod
     def inner(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
