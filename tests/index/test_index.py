@@ -12,7 +12,7 @@ from prvr.index import store
 from prvr.index.build import build_index
 from prvr.index.search import Retriever
 from prvr.models.checkpoint import load_checkpoint
-from prvr.synth.synthetic import synthetic_info, write_synthetic
+from prvr.synth.synthetic import FRAME_STEP, synthetic_info, write_synthetic
 from prvr.train.loop import train
 from tests.conftest import tiny_run_config
 
@@ -56,21 +56,30 @@ def test_ranking_equals_eval(trained):
 
 
 def test_moments_find_the_planted_events(trained):
+    """Moments are in seconds: synthetic frames are 0.5 s apart (FRAME_STEP), so frames and seconds differ."""
     root, _, index = trained
     layout = DatasetLayout(root, "charades")
-    events = {e["cap_id"]: (vid, e["frames"]) for vid, m in synthetic_info(layout)["moments"].items()
+    info = synthetic_info(layout)
+    step = info["preset"]["frame_step"]
+    assert step == FRAME_STEP != 1.0
+    events = {e["cap_id"]: (vid, e["seconds"], m["n_frames"]) for vid, m in info["moments"].items()
               for e in m["events"]}
     r = Retriever(index)
     hit_count = overlap = 0
-    for cap_id, (vid, (s, e)) in events.items():
+    for cap_id, (vid, (s, e), n) in events.items():
         if vid not in r.ids:
             continue
         top = r.search_query_id(root, cap_id, k=1)[0]
         if top.video_id != vid:
             continue
         hit_count += 1
-        assert top.start is not None and top.end > top.start and top.frame_time is not None
-        overlap += top.start < e and top.end > s  # synthetic frames are one per second
+        lo, hi = top.frames
+        assert 0 <= lo < hi <= n
+        assert (top.start, top.end) == pytest.approx((lo * step, hi * step))  # frame rows -> seconds
+        assert 0 <= top.start < top.end <= n * step
+        f = round(top.frame_time / step - 0.5)  # the best frame's time stamp is one of the video's frame times
+        assert 0 <= f < n and top.frame_time == pytest.approx((f + 0.5) * step)
+        overlap += top.start < e and top.end > s  # planted event, in seconds
     assert hit_count >= 5
     assert overlap / hit_count > 0.6, (overlap, hit_count)
 

@@ -20,6 +20,8 @@ from prvr.data.layout import DatasetLayout
 from prvr.data.writer import DatasetWriter, write_bigfile
 from prvr.errors import PrvrError
 
+FRAME_STEP = 0.5  # seconds between synthetic frames (2 fps): a moment reported in frames instead of seconds shows
+
 
 @dataclass(frozen=True)
 class SynthPreset:
@@ -36,6 +38,7 @@ class SynthPreset:
     attribute_strength: float = 0.4
     frame_noise: float = 1.5
     token_noise: float = 1.5
+    frame_step: float = FRAME_STEP  # seconds between two frames
     seed: int = 0
 
 
@@ -128,14 +131,20 @@ def write_synthetic(root: str | Path, preset: str | SynthPreset, seed: int | Non
                     cap_id = f"{vid}#enc#{k}"
                     text = f"someone {topic_phrase(topic)} {ATTRIBUTES[attr % len(ATTRIBUTES)]}"
                     out.add_caption(split, cap_id, text, tokens)
-                    events.append({"cap_id": cap_id, "topic": topic, "attribute": attr, "frames": [s, e]})
-                # one feature per second, stamped at the middle of its second (as `prvr extract` records videos)
-                out.add_video(vid, frames, {"duration": float(n), "frame_times": [i + 0.5 for i in range(n)]})
+                    events.append({"cap_id": cap_id, "topic": topic, "attribute": attr, "frames": [s, e],
+                                   "seconds": [s * p.frame_step, e * p.frame_step]})
+                out.add_video(vid, frames, frame_clock(n, p.frame_step))
                 moments[vid] = {"n_frames": n, "events": events}
         out.add_json("synthetic.json", {"preset": asdict(p), "moments": moments})
     if bigfile:
         write_bigfile(out.layout)
     return out.layout
+
+
+def frame_clock(n: int, step: float = FRAME_STEP) -> dict:
+    """Duration and frame times of n frames sampled every `step` seconds, each stamped at the middle of its
+    interval (as `prvr extract` records videos)."""
+    return {"duration": n * step, "frame_times": [(i + 0.5) * step for i in range(n)]}
 
 
 def synthetic_info(layout: DatasetLayout) -> dict:
