@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from prvr.data.datasets import SplitIndex
 from prvr.data.layout import DatasetLayout
@@ -11,7 +12,7 @@ from prvr.eval.evaluator import evaluate
 from prvr.index import store
 from prvr.index.build import build_index
 from prvr.index.search import Retriever
-from prvr.models.checkpoint import load_checkpoint
+from prvr.models.checkpoint import load_checkpoint, save_checkpoint
 from prvr.synth.synthetic import FRAME_STEP, synthetic_info, write_synthetic
 from prvr.train.loop import train
 from tests.conftest import tiny_run_config
@@ -112,6 +113,22 @@ def test_killed_build_keeps_previous_index_and_resumes(trained, tmp_path, monkey
     assert r2.returncode == 0, r2.stderr
     r = Retriever(out)
     assert len(r) == len(set(r.ids)) > m["n_videos"]
+    # a checkpoint of the same architecture with other weights would mix two models' tokens: refused
+    model, cfg, _ = load_checkpoint(ckpt)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(other, model, cfg)
+    before = (out / "manifest.json").read_text()
+    r3 = cli("index", "add", "--checkpoint", other, "--data", root, "--out", out, "--split", "train", "--quiet")
+    assert r3.returncode == 2 and "other weights" in r3.stderr and "Traceback" not in r3.stderr, r3.stderr
+    assert (out / "manifest.json").read_text() == before
+    # the same weights in another file (a re-saved copy with training state) are the same model
+    model, cfg, _ = load_checkpoint(ckpt)
+    save_checkpoint(tmp_path / "copy.safetensors", model, cfg, train_state={"epoch": 99})
+    r4 = cli("index", "add", "--checkpoint", tmp_path / "copy.safetensors", "--data", root, "--out", out,
+             "--split", "val", "--quiet")
+    assert r4.returncode == 0, r4.stderr
 
 
 def test_cli_search_and_bad_input(trained, tmp_path):
@@ -133,6 +150,31 @@ def test_cli_search_and_bad_input(trained, tmp_path):
     ]:
         r = cli(*args)
         assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_index_without_text_encoder(trained):
+    """Synthetic data records no text encoder: free text is refused in one line (CLI exit 2, API 400) while search
+    by query id and the rest of the API work; its videos have no files."""
+    from fastapi.testclient import TestClient
+
+    from prvr.serve.app import create_app
+
+    root, _, index = trained
+    assert Retriever(index).manifest["text_encoder"] is None
+    r = cli("search", index, "someone opening a door")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "records no text encoder" in r.stderr and "--query-id" in r.stderr
+    c = TestClient(create_app(index))
+    assert c.get("/health").json()["text_search"] is False
+    bad = c.get("/search", params={"q": "someone opening a door"})
+    assert bad.status_code == 400 and "records no text encoder" in bad.json()["detail"]
+    vid = Retriever(index).ids[0]
+    v = c.get(f"/videos/{vid}").json()
+    assert v["video_id"] == vid and v["duration"] > 0 and v["has_file"] is False
+    assert c.get(f"/videos/{vid}/file").status_code == 404
+    qid = DatasetLayout(root, "charades").caption_file("test").read_text().split()[0]
+    ok = cli("search", index, "--query-id", qid, "--data", root, "-k", "2", "--json")
+    assert ok.returncode == 0 and len(json.loads(ok.stdout)) == 2, ok.stderr
 
 
 def test_two_stage_search_matches_exact(trained, tmp_path):

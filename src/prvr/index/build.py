@@ -42,6 +42,16 @@ def per_video_tokens(model: PRVRModel, videos: VideoRepr) -> dict[str, list[np.n
     return out
 
 
+def _check_same_weights(model: PRVRModel, out: Path, checkpoint: Path) -> None:
+    """Refuse to mix two models' tokens: the checkpoint must hold exactly the weights the index was built with."""
+    indexed, _, _ = load_checkpoint(out / "model.safetensors")
+    ours, theirs = model.state_dict(), indexed.state_dict()
+    for name, t in theirs.items():
+        if name not in ours or ours[name].shape != t.shape or not torch.equal(ours[name].cpu(), t):
+            raise IndexError_(f"{out}: indexed with other weights than {checkpoint} (first difference: {name}); "
+                              "add with the checkpoint the index was built with, or build a new index")
+
+
 def build_index(checkpoint: Path, layout: DatasetLayout, split: str, out: Path, device="cpu", shard_size: int = 2048,
                 batch_size: int = 32, resume: bool = True, progress: bool = True) -> dict:
     """Encode the split's videos not yet in `out` and append them. Creates the index when missing."""
@@ -53,6 +63,7 @@ def build_index(checkpoint: Path, layout: DatasetLayout, split: str, out: Path, 
         manifest = read_manifest(out)
         if manifest["config"]["model"] != cfg.to_dict()["model"]:
             raise IndexError_(f"{out}: indexed with a different model than {checkpoint}")
+        _check_same_weights(model, out, checkpoint)
     else:
         manifest = create_index(out, checkpoint, cfg.to_dict(), model.token_layouts(), model.score_weights(),
                                 model.scores_by_max_similarity, read_text_encoder(layout))
