@@ -31,8 +31,8 @@ def near(rng, q, cos):
     return cos * q + np.sqrt(1 - cos**2) * r
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sq8", "pq4"])
+def planted(tmp_path_factory, request):
     """3,000 videos of random tokens (32 clip cells, 16 frames). For each of 6 query directions q: one video whose
     frames hold q (frame-only winner: its clip cells are random), 40 videos whose best clip cell is at cos 0.5
     (clip distractors: with the random tokens' lucky tail they fill any clip-only candidate budget, but lose to
@@ -66,8 +66,8 @@ def planted(tmp_path_factory):
         meta = [{"n_raw_frames": 16, "duration": 8.0, "frame_times": [0.25 + 0.5 * f for f in range(16)]} for _ in part]
         manifest = append_shard(index, manifest, [f"v{v:05d}" for v in part],
                                 {"clip": [clip[v] for v in part], "frame": [frames[v] for v in part]}, meta)
-    r = subprocess.run([sys.executable, "-m", "prvr.cli", "index", "ann", str(index), "--nlist", "64"],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "prvr.cli", "index", "ann", str(index), "--nlist", "64", "--codes",
+                        request.param], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return index, queries, truth
 
@@ -80,6 +80,7 @@ def test_frame_only_winner_is_found(planted):
     index, queries, truth = planted
     r = Retriever(index)
     assert r.ann is not None and len(r) == N_VIDEOS and r.ann.meta["n_tokens"] == N_VIDEOS * 48
+    assert r.ann.meta["nlist"] == 64 and r.ann.codes in ("sq8", "pq4")
     for q, (frame_winner, clip_winner) in zip(queries, truth, strict=True):
         exact = r.search_repr(query(q), 10, exact=True)
         assert [h.video_id for h in exact[:2]] == [f"v{clip_winner:05d}", f"v{frame_winner:05d}"]
@@ -96,6 +97,6 @@ def test_candidates_are_within_budget(planted):
     index, queries, truth = planted
     r = Retriever(index)
     for q, (frame_winner, clip_winner) in zip(queries, truth, strict=True):
-        cands = r.ann.candidates(query(q), TOKENS, VIDEOS)
+        cands = r.ann.candidates(query(q), r.ann.sizes(TOKENS, VIDEOS))
         assert len(cands) <= VIDEOS and np.all(np.diff(cands) > 0)
         assert {frame_winner, clip_winner} <= set(cands.tolist())
