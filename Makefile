@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO_DIR ?= demo-out
 
-.PHONY: install browser demo test lint bench clean
+.PHONY: install browser demo test lint bench mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,5 +43,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --preset charades --batch-videos 128 --steps 3 --json
 	$(BIN)/python bench/evaluate.py --preset charades --videos 1334 --queries 3720 --json
 
+# Mutation testing of the core modules (mutmut, configured in pyproject.toml; not part of `make test`).
+# Survivors and the kill rate: tests/README.md.
+mutate: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,mutate]'
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results --all false
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache mutants
