@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, write_result  # noqa: E402
+from common import peak_rss_mb, precision_name, result_name, write_result  # noqa: E402
 
 from prvr.config import parse_set  # noqa: E402
 from prvr.data.datasets import Batch, pad_sequences  # noqa: E402
@@ -85,8 +85,9 @@ def main() -> None:
               "amp": args.amp, "eval_total_s": round(total, 3), "eval_cpu_s": round(cpu, 3), "encode_videos_s": round(t_videos, 3),
               "encode_queries_s": round(t_queries, 3), "score_and_rank_s": round(total - t_videos - t_queries, 3),
               "SumR_random_model": round(metrics["SumR"], 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
-    model_tag = "" if args.model == "dreamprvr" else f"{args.model}_"  # DreamPRVR's files keep their names
-    write_result(f"evaluate_{model_tag}{args.preset}{'_' + device.type if device.type != 'cpu' else ''}{'_bf16' if args.amp else ''}", result, args.json)
+    what = "-".join([args.preset] + ([] if args.model == "dreamprvr" else [args.model]) + args.overrides)
+    write_result(result_name("evaluate", what, f"{args.videos}v-{args.queries}q", precision_name(args.amp), device.type),
+                 result, args.json)
 
 
 if __name__ == "__main__":

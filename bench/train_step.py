@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, random_batch, write_result  # noqa: E402
+from common import peak_rss_mb, precision_name, random_batch, result_name, write_result  # noqa: E402
 
 from prvr.config import parse_set  # noqa: E402
 from prvr.device import bf16_autocast, resolve_device  # noqa: E402
@@ -80,8 +80,9 @@ def main() -> None:
               "train_step_cpu_s": [round(c, 3) for c in cpu], "train_step_cpu_s_median": round(statistics.median(cpu), 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
     if device.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    model_tag = "" if args.model == "dreamprvr" else f"{args.model}_"  # DreamPRVR's files keep their names
-    write_result(f"train_step_{model_tag}{args.preset}{'_' + device.type if device.type != 'cpu' else ''}{'_bf16' if args.amp else ''}", result, args.json)
+    what = "-".join([args.preset] + ([] if args.model == "dreamprvr" else [args.model]) + args.overrides)
+    write_result(result_name("train_step", what, f"{args.batch_videos}v", precision_name(args.amp), device.type),
+                 result, args.json)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def free_text(out: Path, console: Console, model: str = "dreamprvr") -> None:
         t.add_column(col)
     for r, h in enumerate(Retriever(index).search(DEMO_QUERY, k=5), 1):
         there = [e["activity"] for e in planted[h.video_id] if e["seconds"][0] < h.end and e["seconds"][1] > h.start]
-        t.add_row(str(r), h.video_id, f"{h.score:.3f}", f"{h.start:.0f}-{h.end:.0f}", ", ".join(there) or "(background)")
+        t.add_row(str(r), h.video_id, f"{h.score:.3f}", f"{h.start:.1f}-{h.end:.1f}", ", ".join(there) or "(background)")
     console.print(t)
     console.print(f"try your own queries in the browser: .venv/bin/prvr serve {index}  (then open http://127.0.0.1:8000/)")
 

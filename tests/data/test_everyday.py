@@ -4,6 +4,7 @@ import numpy as np
 
 from prvr.data.check import check_dataset
 from prvr.data.features import open_query_features
+from prvr.encode.encoders import load_text_encoder
 from prvr.index.build import build_index
 from prvr.index.search import Retriever
 from prvr.models import build_model
@@ -21,11 +22,22 @@ def test_everyday_corpus_and_free_text_search(tmp_path):
     assert len(ACTIVITIES) >= 200 and len(set(ACTIVITIES)) == len(ACTIVITIES)
     again = write_everyday(tmp_path / "b", videos=(6, 3, 4))
     assert layout.caption_file("test").read_text() == again.caption_file("test").read_text()
-    # query tokens are real MiniLM token features: same words, same vectors
+    # query tokens are real MiniLM token features: the stored features of a caption are the encoder's output
     q = open_query_features(layout)
-    ids = layout.caption_file("train").read_text().split("\n")[0].split(" ", 1)
-    tokens = q.get(ids[0])
-    assert tokens.shape[1] == 384 and len(tokens) >= len(ids[1].split())
+    enc = load_text_encoder("minilm")
+    lines = [ln.split(" ", 1) for ln in layout.caption_file("train").read_text().splitlines()]
+    for (cap_id, text), want in zip(lines, enc.encode([t for _, t in lines]), strict=True):
+        got = q.get(cap_id)
+        assert got.shape == want.shape and got.shape[1] == 384 and len(got) >= len(text.split())
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)  # measured: 0 (other batch composition)
+    assert not np.allclose(q.get(lines[0][0])[1], q.get(lines[1][0])[1])  # different captions, different tokens
+    # planted moments are recorded in frames and in seconds (0.5 s apart), inside the video
+    info = json.loads((layout.base / "synthetic.json").read_text())["moments"]
+    video_info = json.loads(layout.video_info_file.read_text())
+    for vid, events in info.items():
+        for e in events:
+            (fa, fb), (sa, sb) = e["frames"], e["seconds"]
+            assert (sa, sb) == (fa * 0.5, fb * 0.5) and sb <= video_info[vid]["duration"]
 
     cfg = default_config()
     cfg.model.visual_dim, cfg.model.text_dim, cfg.model.hidden_size, cfg.model.num_registers = 512, 384, 32, 2

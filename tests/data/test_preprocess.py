@@ -23,13 +23,23 @@ def test_golden_inputs_from_raw_frames(golden):
         assert z["input/frame_mask"][i].sum() == n == min(len(raw), 128)
 
 
-def test_golden_query_tokens_are_normalised_and_short(golden):
-    # the golden tokens are already normalised: ||x|| = r / (r + 1e-5) for the raw norm r, i.e. just under 1
+def test_query_tokens_give_the_golden_inputs(golden):
+    """query_tokens on raw token features gives the golden query inputs: x / (||x|| + 1e-5), first 30 tokens.
+    The raw features are the golden tokens at RoBERTa-like norms, followed by extra tokens past the cut."""
     z, _ = golden
     feats, mask = z["input/query_feat"], z["input/query_mask"]
-    norms = np.linalg.norm(feats, axis=-1)[mask > 0]
-    assert np.all((norms < 1.0) & (norms > 1.0 - 1e-4))
-    assert feats.shape[1] <= 30
+    rng = np.random.default_rng(0)
+    for i in range(len(feats)):
+        n = int(mask[i].sum())
+        g = feats[i, :n]
+        r = rng.uniform(5.0, 20.0, (n, 1)).astype(np.float32)
+        raw = np.concatenate([g / np.linalg.norm(g, axis=1, keepdims=True) * r,
+                              rng.standard_normal((40 - n, g.shape[1])).astype(np.float32)])
+        out = query_tokens(raw)
+        assert out.shape == (30, g.shape[1]) and out.dtype == np.float32
+        np.testing.assert_allclose(out[:n], g, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), np.linalg.norm(raw[:30], axis=1)
+                                   / (np.linalg.norm(raw[:30], axis=1) + 1e-5), rtol=1e-6)
 
 
 def test_boundary_rule_by_hand():

@@ -74,3 +74,34 @@ def test_bigfile_size_mismatch(tmp_path):
     (tmp_path / "feature.bin").write_bytes(b"\0" * 12)
     with pytest.raises(DataError, match="feature.bin.*expected 32"):
         BigFileStore(tmp_path, {"v": ["a", "b"]})
+
+
+def test_bigfile_rows_are_found_through_id_txt(tiny_data, tmp_path):
+    """feature.bin rows need not be in video order: each frame's row comes from id.txt. A BigFile written in
+    shuffled row order reads (and converts through the CLI) to exactly the same features."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path / "shuffled"
+    shutil.copytree(tiny_data, root)
+    layout = DatasetLayout(root, "charades")
+    ref = Hdf5Store(DatasetLayout(tiny_data, "charades").feature_hdf5, "video features")
+    v2f = read_video2frames(layout.video2frames_file)
+    names = [f for fids in v2f.values() for f in fids]
+    rows = {f: row for vid, fids in v2f.items() for f, row in zip(fids, ref.get(vid), strict=True)}
+    order = np.random.default_rng(0).permutation(len(names))
+    shuffled = [names[i] for i in order]
+    np.stack([rows[f] for f in shuffled]).astype("<f4").tofile(layout.feature_dir / "feature.bin")
+    (layout.feature_dir / "id.txt").write_text(" ".join(shuffled))
+    layout.feature_hdf5.unlink()
+    big = BigFileStore(layout.feature_dir, v2f)
+    for vid in ref.keys()[:10]:
+        np.testing.assert_array_equal(big.get(vid), ref.get(vid))
+    r = subprocess.run([sys.executable, "-m", "prvr.cli", "data", "convert", str(root), "--collection", "charades"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(layout.feature_hdf5, "r") as f:
+        assert sorted(f) == sorted(ref.keys())
+        for vid in ref.keys():
+            np.testing.assert_array_equal(f[vid][...], ref.get(vid))

@@ -92,3 +92,34 @@ def test_index_and_free_text_search(extracted, tmp_path):
 def test_bad_encoder_spec(video_dir, tmp_path):
     r = cli("extract", video_dir, tmp_path, "--collection", "x", "--frame-encoder", "hf:/nonexistent")
     assert r.returncode == 2 and "/nonexistent" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_truncated_video_is_reported_not_stretched(tiny_encoders, tmp_path):
+    """A cut-off AVI must not become a few frames stretched over the duration its header declares: whatever part
+    of a truncated file decodes either covers its declared duration or the file is reported (one line, exit 2)."""
+    from tests.media import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "good.avi", 3.0, codec="mpeg4")
+    whole = (videos / "good.avi").read_bytes()
+    reported = 0
+    for frac in (0.5, 0.7, 0.8, 0.9, 0.95):
+        cut = tmp_path / f"cut{frac}.avi"
+        cut.write_bytes(whole[:int(len(whole) * frac)])
+        try:
+            v = decode(cut, fps=2.0, size=(32, 24))
+        except DataError as e:
+            assert str(e).startswith(str(cut)) and "\n" not in str(e)
+            reported += "truncated" in str(e)
+            continue
+        assert v.times[-1] + 0.5 >= v.duration - 0.5, (frac, v.times, v.duration)  # samples every 0.5 s
+    assert reported >= 1  # the header-says-longer case occurs among these cuts
+    (videos / "cut.avi").write_bytes(whole[:int(len(whole) * 0.7)])  # 1 frame in a "2.1 s" video before the check
+    vision, _ = tiny_encoders
+    r = cli("extract", videos, tmp_path / "root", "--collection", "mine", "--frame-encoder", f"hf:{vision}", "--fps",
+            "2", "--quiet")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cut.avi: truncated or damaged video" in r.stderr and "good.avi" not in r.stderr
+    info = json.loads(DatasetLayout(tmp_path / "root", "mine").video_info_file.read_text())
+    assert list(info) == ["good"] and info["good"]["duration"] == pytest.approx(3.0, abs=0.05)

@@ -9,12 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_part
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
-                                reason="chromium/chromedriver not installed (make test installs them where it can)")
+
+@pytest.fixture(scope="module", autouse=True)
+def _chromium():
+    require_part(bool(CHROMIUM and DRIVER), "chromium/chromedriver")
 
 
 @pytest.fixture(scope="module")

@@ -151,20 +151,26 @@ def test_convert_refuses_pickled_code(tmp_path):
 
 def test_bf16_autocast_training_and_eval(tiny_data, tmp_path):
     """--amp: bf16 autocast in training and evaluation runs end to end and stays close to fp32."""
-    cfg = tiny_run_config(tiny_data)
-    cfg.train.epochs, cfg.train.amp = 2, True
-    train(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
-    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["train"]["loss"]) for r in recs)
-    model, saved, _ = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    losses = {}
+    for amp in (False, True):
+        cfg = tiny_run_config(tiny_data)
+        cfg.train.epochs, cfg.train.amp = 2, amp
+        torch.manual_seed(0)
+        train(cfg, tmp_path / f"run-{amp}", progress=False, log=lambda *_: None)
+        recs = [json.loads(x) for x in (tmp_path / f"run-{amp}" / "metrics.jsonl").read_text().splitlines()]
+        losses[amp] = np.array([r["train"]["loss"] for r in recs])
+    # bf16 training follows the fp32 loss curve (measured: 0.4 % and 0.8 % apart) and it really ran in bf16
+    np.testing.assert_allclose(losses[True], losses[False], rtol=0.03)
+    assert losses[True][1] < 0.9 * losses[True][0] and not np.array_equal(losses[True], losses[False])
+    model, saved, _ = load_checkpoint(tmp_path / "run-True" / "best.safetensors")
     assert saved.train.amp and all(p.dtype == torch.float32 for p in model.parameters())
     layout = DatasetLayout(tiny_data, "charades")
     full = evaluate(model, layout, "test", keep_scores=True)
     half = evaluate(model, layout, "test", keep_scores=True, amp=True)
     assert half.scores.dtype == np.float32
-    np.testing.assert_allclose(half.scores, full.scores, atol=0.03)
+    np.testing.assert_allclose(half.scores, full.scores, atol=0.01, rtol=0)  # measured 0.0025
     assert not np.array_equal(half.scores, full.scores)  # it really ran in bf16
-    r = cli("eval", "--checkpoint", tmp_path / "run" / "best.safetensors", "--data", tiny_data, "--amp", "--quiet")
+    r = cli("eval", "--checkpoint", tmp_path / "run-True" / "best.safetensors", "--data", tiny_data, "--amp", "--quiet")
     assert r.returncode == 0 and "SumR" in r.stdout, r.stderr
 
 

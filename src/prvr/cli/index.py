@@ -71,11 +71,13 @@ def index_add(checkpoint: Annotated[Path, typer.Option(help="the checkpoint the 
 
 @index_app.command("ann")
 def index_ann(index: Annotated[Path, typer.Argument(help="index directory")],
-              nlist: Annotated[int | None, typer.Option(min=1, max=65536, help="inverted lists (default ~4 sqrt(tokens))")] = None):
+              nlist: Annotated[int | None, typer.Option(min=1, max=65536, help="inverted lists (default ~4 sqrt(tokens))")] = None,
+              codes: Annotated[str, typer.Option(help="sq8 (8-bit per dimension) or pq4 (4-bit product codes, "
+                                                       "re-scored; faster to scan)")] = "sq8"):
     """Build the approximate stage over every token (FAISS) for large collections; search then re-ranks exactly."""
     from prvr.index.ann import build_ann
 
-    meta = build_ann(index, nlist)
+    meta = build_ann(index, nlist, codes)
     console.print(f"{index}: ANN over {meta['n_tokens']} tokens of {meta['n_videos']} videos ({meta['nlist']} lists)")
 
 

@@ -9,6 +9,9 @@ import numpy as np
 
 from prvr.errors import DataError
 
+# a declared duration may run past the last decoded frame by max(0.5 s, 2 frame periods, 5 %), not more
+TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE = 0.5, 0.05
+
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"}
 
 
@@ -34,10 +37,12 @@ def decode(path: str | Path, fps: float = 1.0, size: tuple[int, int] = (224, 224
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             next_tick = 0.0
-            last_time = 0.0
+            last_time = prev_time = 0.0
+            n_decoded = 0
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else last_time + 1.0 / fps
-                last_time = t
+                prev_time, last_time = last_time, t
+                n_decoded += 1
                 if t + 1e-6 < next_tick:
                     continue
                 frames.append(frame.to_ndarray(width=size[0], height=size[1], format="rgb24"))
@@ -48,12 +53,20 @@ def decode(path: str | Path, fps: float = 1.0, size: tuple[int, int] = (224, 224
             duration = float(stream.duration * stream.time_base) if stream.duration else None
             if duration is None and container.duration:
                 duration = container.duration / 1_000_000
+            rate = float(stream.average_rate) if stream.average_rate else 0.0
     except DataError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable video ({e.__class__.__name__}: {e})") from None
     if not frames:
         raise DataError(f"{path}: no decodable frames (empty or zero-length video)")
+    # the frames that decode must cover the duration the file declares: a truncated or damaged file otherwise
+    # turns into a few frames stretched over the whole declared duration (moments in the wrong place)
+    period = (last_time - prev_time) if n_decoded > 1 else (1.0 / rate if rate > 0 else 1.0 / fps)
+    covered = last_time + period
+    if duration and duration - covered > max(TRUNCATION_TOLERANCE_S, 2 * period, TRUNCATION_TOLERANCE * duration):
+        raise DataError(f"{path}: truncated or damaged video: its frames decode up to {covered:.2f} s of the "
+                        f"{duration:.2f} s it declares")
     if not duration or duration < last_time:
         duration = last_time + 1.0 / fps
     return DecodedVideo(np.stack(frames), times, duration)

@@ -1,30 +1,64 @@
-"""Approximate candidate generation for large indexes: FAISS inverted lists over every token of every token set.
+"""Approximate first stage for large indexes: FAISS inverted lists over every token of every token set.
 
-Stage 1 finds the tokens nearest to each query row (IVF with 8-bit scalar quantisation, built streaming from the
-shards) and keeps their videos as candidates, so a video that wins on any token set (clip cells or frames) can be
-found; stage 2 (prvr.index.search) re-ranks the candidates with the exact score.
+Stage 1 searches the tokens nearest to each query row and turns them into candidate videos by an upper bound of
+their score: for a row m aimed at set s (scaled by c_m = w_s a_m) a video's best retrieved token of set s counts
+its similarity, and a video none of whose s tokens was retrieved counts the row's threshold t_m (the similarity
+of its last retrieved token, which no missed token exceeds as far as the probed lists tell). Videos are ranked by
+sum_m c_m (best_m(v) - t_m), i.e. by that bound, so a video that wins on any token set (clip cells or frames) is
+a candidate, and one that is good on both beats one that is good on one. Stage 2 (prvr.index.search) re-ranks
+the candidates with the exact score.
+
+Sizes (`ann_sizes`): the lists probed are a fraction of all lists, and the candidate videos at least a fraction
+of the collection, so both grow with it: the first stage of a larger collection has more to look through for the
+same recall (measured on a trained model's tokens: bench/two_stage_recall.py).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from prvr.errors import OutputError
-from prvr.index.store import IndexError_, layouts_of, load_shard, read_manifest
+from prvr.index.store import IndexError_, Shard, layouts_of, load_shard, read_manifest
 from prvr.io import atomic_path, check_writable, write_json_atomic
 from prvr.models.base import QueryRepr
 
 ANN_FILE, ANN_META, ANN_OWNERS = "ann.faiss", "ann.json", "ann.owners.npy"
+CODES = ("sq8", "pq4")  # 8-bit scalar quantisation of every dimension; 4-bit product codes (fast scan), re-scored
 
 
-def build_ann(index: Path, nlist: int | None = None, train_size: int = 200_000, chunk: int = 200_000,
-              seed: int = 0) -> dict:
+@dataclass(frozen=True)
+class AnnSizes:
+    tokens: int  # nearest tokens kept per query row
+    videos: int  # candidate videos re-ranked exactly
+    nprobe: int  # inverted lists searched
+
+
+CANDIDATE_TOKENS = 4096
+CANDIDATE_VIDEOS = 1000  # at least this many candidate videos ...
+CANDIDATE_VIDEO_FRACTION = 0.04  # ... and at least this fraction of the collection
+NPROBE_FRACTION = 0.15  # of the inverted lists
+REFINE = 4  # pq4: this many times more tokens are fetched, re-scored exactly from the index, and the best kept
+
+
+def ann_sizes(n_videos: int, nlist: int, tokens: int | None = None, videos: int | None = None,
+              nprobe: int | None = None) -> AnnSizes:
+    """The default sizes of stage 1 for a collection of n_videos in nlist lists; any of them can be given."""
+    return AnnSizes(tokens or CANDIDATE_TOKENS,
+                    videos or max(CANDIDATE_VIDEOS, int(np.ceil(CANDIDATE_VIDEO_FRACTION * n_videos))),
+                    nprobe or max(1, min(nlist, int(np.ceil(NPROBE_FRACTION * nlist)))))
+
+
+def build_ann(index: Path, nlist: int | None = None, codes: str = "sq8", train_size: int = 200_000,
+              chunk: int = 200_000, seed: int = 0) -> dict:
     """Build INDEX/ann.faiss over all tokens; memory stays bounded by `chunk` tokens plus the codes."""
     import faiss
 
+    if codes not in CODES:
+        raise IndexError_(f"codes {codes!r}: expected one of {', '.join(CODES)}")
     index = Path(index)
     manifest = read_manifest(index)
     check_writable(index / ANN_FILE, "ANN stage")
@@ -48,15 +82,25 @@ def build_ann(index: Path, nlist: int | None = None, train_size: int = 200_000, 
             sample.append(np.asarray(flat[np.sort(rng.choice(len(flat), k, replace=False))], np.float32))
     sample = np.concatenate(sample)
     quantizer = faiss.IndexFlatIP(dim)
-    ann = faiss.IndexIVFScalarQuantizer(quantizer, dim, min(nlist, len(sample)), faiss.ScalarQuantizer.QT_8bit,
-                                        faiss.METRIC_INNER_PRODUCT)
+    nlist = min(nlist, len(sample))
+    if codes == "sq8":
+        ann = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                            faiss.METRIC_INNER_PRODUCT)
+    else:
+        if dim % 4:
+            raise IndexError_(f"{index}: pq4 codes need a token size divisible by 4, got {dim}")
+        ann = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, dim // 4, 4, faiss.METRIC_INNER_PRODUCT)
+    ann.cp.niter = 10
     ann.train(sample)
     owners = np.empty(n_tokens, np.int32)  # token id -> global video index
+    starts, sets = [], []  # token id ranges of the (shard, set) parts, and their set
     token_base = video_base = 0
     for s in shards:
-        for name in names:
+        for si, name in enumerate(names):
             st = s.sets[name]
             owners[token_base:token_base + len(st.tokens)] = video_base + np.repeat(np.arange(len(s.ids)), st.counts)
+            starts.append(token_base)
+            sets.append(si)
             for start in range(0, len(st.tokens), chunk):
                 part = np.asarray(st.tokens[start:start + chunk], np.float32)
                 ann.add_with_ids(part, token_base + np.arange(start, start + len(part), dtype=np.int64))
@@ -69,14 +113,17 @@ def build_ann(index: Path, nlist: int | None = None, train_size: int = 200_000, 
             raise OutputError(f"{index / ANN_FILE}: cannot write ({str(e).splitlines()[0][:200]})") from None
     with atomic_path(index / ANN_OWNERS) as tmp, open(tmp, "wb") as f:
         np.save(f, owners)
-    meta = {"n_videos": video_base, "n_tokens": int(n_tokens), "nlist": ann.nlist, "token_sets": names,
-            "shards": manifest["shards"]}
+    meta = {"n_videos": video_base, "n_tokens": int(n_tokens), "nlist": ann.nlist, "codes": codes,
+            "token_sets": names, "shards": manifest["shards"], "part_starts": starts, "part_sets": sets}
     write_json_atomic(index / ANN_META, meta)
     return meta
 
 
 class TokenANN:
-    def __init__(self, index: Path, nprobe: int = 32):
+    """Stage 1 over an index's tokens. `weights`: the index's score weight per token set; `shards`: the index's
+    shards, for re-scoring product-coded tokens exactly."""
+
+    def __init__(self, index: Path, weights: dict[str, float], shards: list[Shard]):
         import faiss
 
         index = Path(index)
@@ -94,22 +141,72 @@ class TokenANN:
                 or (len(self.owners) and (self.owners.min() < 0 or self.owners.max() >= m["n_videos"]))):
             raise IndexError_(f"{index / ANN_META}: corrupt ANN stage (its parts do not agree; rebuild it with "
                               "`prvr index ann`)")
-        self.ann.nprobe = nprobe
+        self.names = list(m["token_sets"])
+        self.weights = np.array([float(weights.get(n, 0.0)) for n in self.names])
+        self.part_starts = np.asarray(m.get("part_starts", [0]), np.int64)
+        self.part_sets = np.asarray(m.get("part_sets", [0]), np.int64)
+        self.codes = m.get("codes", "sq8")
+        self.shards = shards
+        self.n_videos = int(m["n_videos"])
 
     def covers(self, manifest: dict) -> bool:
-        return (self.meta["shards"] == manifest["shards"] and self.meta["token_sets"] == list(manifest["token_sets"])
-                and self.meta["n_videos"] == manifest.get("n_videos"))
+        return (self.meta["shards"] == manifest["shards"] and self.names == list(manifest["token_sets"])
+                and self.meta["n_videos"] == manifest.get("n_videos") and "part_starts" in self.meta)
 
-    def candidates(self, q: QueryRepr, n_tokens: int, n_videos: int) -> np.ndarray:
-        """A normalised query -> up to `n_videos` candidate videos (sorted global indices), ranked by their best
-        approximate similarity to any query row among the `n_tokens` nearest tokens of each row."""
-        rows = q.vectors[0][q.weights[0] > 0].float().cpu().numpy()
-        rows = np.unique(rows, axis=0)  # a single vector used for several sets is searched once
-        sims, ids = self.ann.search(np.ascontiguousarray(rows, np.float32), n_tokens)
-        sims, ids = sims.reshape(-1), ids.reshape(-1)
-        ok = ids >= 0
-        order = np.argsort(-sims[ok], kind="stable")
-        videos = np.asarray(self.owners[ids[ok][order]])
-        uniq, first = np.unique(videos, return_index=True)  # first occurrence = that video's best token
-        keep = uniq[np.argsort(first)[:n_videos]]
+    def sizes(self, tokens: int | None = None, videos: int | None = None, nprobe: int | None = None) -> AnnSizes:
+        return ann_sizes(self.n_videos, self.ann.nlist, tokens, videos, nprobe)
+
+    def _exact(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Exact similarity of each row's returned tokens (U, K) from the index's float16 tokens."""
+        part = np.searchsorted(self.part_starts, ids, side="right") - 1  # (U, K) which (shard, set) part
+        out = np.full(ids.shape, -np.inf, np.float32)
+        for p in np.unique(part[ids >= 0]):
+            shard, name = self.shards[p // len(self.names)], self.names[self.part_sets[p]]
+            sel = (part == p) & (ids >= 0)
+            rows = ids[sel] - self.part_starts[p]
+            tokens = np.asarray(shard.sets[name].tokens[np.sort(rows)], np.float32)  # sorted: sequential reads
+            order = np.argsort(np.argsort(rows))
+            u = np.nonzero(sel)[0]
+            out[sel] = np.einsum("kd,kd->k", tokens[order], vectors[u])
+        return out
+
+    def candidates(self, q: QueryRepr, sizes: AnnSizes) -> np.ndarray:
+        """A normalised query -> up to `sizes.videos` candidate videos (sorted global indices), ranked by the upper
+        bound of their score over the `sizes.tokens` nearest tokens of each query row (see the module doc)."""
+        weights = q.weights[0].float().cpu().numpy()  # (M,)
+        live = np.nonzero(weights > 0)[0]
+        rows = q.vectors[0, live].float().cpu().numpy()
+        vectors, row_of = np.unique(rows, axis=0, return_inverse=True)  # one vector aimed at several sets: one search
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        self.ann.nprobe = sizes.nprobe
+        fetch = sizes.tokens * (REFINE if self.codes == "pq4" else 1)
+        sims, ids = self.ann.search(vectors, fetch)  # (U, K) each, best first
+        if self.codes == "pq4":  # product codes only rank roughly: re-score the fetched tokens exactly
+            sims = self._exact(vectors, ids)
+            order = np.argsort(-sims, axis=1, kind="stable")[:, :sizes.tokens]
+            sims, ids = np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
+        found = ids >= 0
+        if not found.any():
+            return np.zeros(0, np.int64)
+        threshold = np.where(found, sims, np.inf).min(axis=1)  # (U,) the last retrieved similarity
+        owner = np.where(found, np.asarray(self.owners[np.maximum(ids, 0)]), -1)  # (U, K) video of each token
+        token_set = self.part_sets[np.searchsorted(self.part_starts, np.maximum(ids, 0), side="right") - 1]
+        # per query row m: its vector u, its set s and its scale c_m; per (m, video): the best retrieved s token
+        targets = [self.names.index(q.targets[m]) if q.targets[m] in self.names else -1 for m in live]
+        scale = weights[live] * np.array([self.weights[t] if t >= 0 else 0.0 for t in targets])
+        gains, videos = [], []
+        for m, (u, t) in enumerate(zip(row_of.reshape(-1), targets, strict=True)):
+            if t < 0 or scale[m] <= 0:
+                continue
+            hit = found[u] & (token_set[u] == t)
+            gains.append(scale[m] * (sims[u][hit] - threshold[u]))
+            videos.append(owner[u][hit].astype(np.int64) * len(live) + m)  # key (video, row)
+        if not gains:
+            return np.zeros(0, np.int64)
+        key, gain = np.concatenate(videos), np.concatenate(gains)
+        order = np.argsort(-gain, kind="stable")
+        key, first = np.unique(key[order], return_index=True)  # each (video, row): its best token
+        video, inverse = np.unique(key // len(live), return_inverse=True)
+        bound = np.bincount(inverse, weights=gain[order][first])  # sum over rows of c_m (best - t_m)
+        keep = video[np.argsort(-bound, kind="stable")[:sizes.videos]]
         return np.sort(keep)

@@ -58,6 +58,16 @@ def nonfinite_videos(sets: dict[str, list[np.ndarray]]) -> list[int]:
     return sorted(bad)
 
 
+def _check_same_weights(model: PRVRModel, out: Path, checkpoint: Path) -> None:
+    """Refuse to mix two models' tokens: the checkpoint must hold exactly the weights the index was built with."""
+    indexed, _, _ = load_checkpoint(out / "model.safetensors")
+    ours, theirs = model.state_dict(), indexed.state_dict()
+    for name, t in theirs.items():
+        if name not in ours or ours[name].shape != t.shape or not torch.equal(ours[name].cpu(), t):
+            raise IndexError_(f"{out}: indexed with other weights than {checkpoint} (first difference: {name}); "
+                              "add with the checkpoint the index was built with, or build a new index")
+
+
 def build_index(checkpoint: Path, layout: DatasetLayout, split: str, out: Path, device="cpu", shard_size: int = 2048,
                 batch_size: int = 32, resume: bool = True, progress: bool = True, skip_bad: bool = False,
                 warn=None, media_roots: list[str] | None = None) -> dict:
@@ -87,6 +97,7 @@ def build_index(checkpoint: Path, layout: DatasetLayout, split: str, out: Path, 
         manifest = read_manifest(out)
         if manifest["config"]["model"] != cfg.to_dict()["model"]:
             raise IndexError_(f"{out}: indexed with a different model than {checkpoint}")
+        _check_same_weights(model, out, checkpoint)
     if skip_bad:
         index = screen_split(layout, index, mc.visual_dim, None, True, warn, queries=False)
     created = not out.exists()

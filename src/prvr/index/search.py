@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -98,7 +98,7 @@ class Retriever:
         if (self.path / "ann.faiss").exists() and not self.exact_only:
             from prvr.index.ann import TokenANN
 
-            ann = TokenANN(self.path)
+            ann = TokenANN(self.path, self.weights, self.shards)
             self.ann = ann if ann.covers(self.manifest) else None  # stale after `index add`: exact until rebuilt
         self._text_encoder = None
         self._encoder_lock = threading.Lock()
@@ -287,18 +287,21 @@ class Retriever:
         return VideoRepr(sets)
 
     # ------------------------------------------------------------------ search
-    def search_repr(self, q: QueryRepr, k: int = 10, exact: bool | None = None, candidate_tokens: int = 4096,
-                    candidate_videos: int = 1000) -> list[Hit]:
+    def search_repr(self, q: QueryRepr, k: int = 10, exact: bool | None = None, candidate_tokens: int | None = None,
+                    candidate_videos: int | None = None, nprobe: int | None = None) -> list[Hit]:
         """Top-k videos for a normalised query representation. With an ANN built (`prvr index ann`) and exact not
-        forced, stage 1 takes the best `candidate_videos` among the videos of the `candidate_tokens` nearest
-        tokens, stage 2 re-ranks them exactly; otherwise every video is scored."""
+        forced, stage 1 takes the `candidate_videos` best by the upper bound of their score over the
+        `candidate_tokens` nearest tokens of each query row (searching `nprobe` lists), stage 2 re-ranks them
+        exactly; otherwise every video is scored. Sizes left out follow `prvr.index.ann.ann_sizes`."""
         if not 1 <= k <= MAX_K:
             raise PrvrError(f"k={k}: expected 1 <= k <= {MAX_K}")
         if not self.ids:
             return []
         videos = None
         if not exact and self.ann is not None:
-            videos = self.ann.candidates(q, max(candidate_tokens, k), max(candidate_videos, k))
+            sizes = self.ann.sizes(candidate_tokens, candidate_videos, nprobe)
+            sizes = replace(sizes, tokens=max(sizes.tokens, k), videos=max(sizes.videos, k))
+            videos = self.ann.candidates(q, sizes)
             if len(videos) < k:
                 videos = None
         sc = self.scores(q, videos)

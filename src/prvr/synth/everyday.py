@@ -14,6 +14,7 @@ import numpy as np
 
 from prvr.data.layout import DatasetLayout
 from prvr.data.writer import DatasetWriter
+from prvr.synth.synthetic import FRAME_STEP, frame_clock
 
 ACTIVITIES = """cooking at the stove|chopping vegetables on a board|washing dishes in the sink|drying plates with a towel
 pouring coffee into a mug|making a sandwich|taking a pizza out of the oven|opening the fridge|stirring soup in a pot
@@ -112,8 +113,9 @@ def write_everyday(root: str | Path, videos: tuple[int, int, int] = VIDEOS, visu
                     feats[s:e] += act_v[a]
                     cap_id = f"{vid}#enc#{k}"
                     sentences.append((split, cap_id, f"{SUBJECTS[rng.integers(len(SUBJECTS))]} {ACTIVITIES[a]}"))
-                    events.append({"cap_id": cap_id, "activity": ACTIVITIES[a], "seconds": [s, e]})
-                out.add_video(vid, feats, {"duration": float(n), "frame_times": [i + 0.5 for i in range(n)]})
+                    events.append({"cap_id": cap_id, "activity": ACTIVITIES[a], "frames": [s, e],
+                                   "seconds": [s * FRAME_STEP, e * FRAME_STEP]})
+                out.add_video(vid, feats, frame_clock(n))
                 moments[vid] = events
         tokens = enc.encode([t for _, _, t in sentences])
         for (split, cap_id, text), tok in zip(sentences, tokens, strict=True):

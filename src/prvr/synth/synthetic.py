@@ -21,6 +21,8 @@ from prvr.data.writer import DatasetWriter, write_bigfile
 from prvr.errors import PrvrError
 from prvr.io import check_free_space, check_writable
 
+FRAME_STEP = 0.5  # seconds between synthetic frames (2 fps): a moment reported in frames instead of seconds shows
+
 
 @dataclass(frozen=True)
 class SynthPreset:
@@ -37,6 +39,7 @@ class SynthPreset:
     attribute_strength: float = 0.4
     frame_noise: float = 1.5
     token_noise: float = 1.5
+    frame_step: float = FRAME_STEP  # seconds between two frames
     seed: int = 0
 
 
@@ -135,9 +138,9 @@ def write_synthetic(root: str | Path, preset: str | SynthPreset, seed: int | Non
                     cap_id = f"{vid}#enc#{k}"
                     text = f"someone {topic_phrase(topic)} {ATTRIBUTES[attr % len(ATTRIBUTES)]}"
                     out.add_caption(split, cap_id, text, tokens)
-                    events.append({"cap_id": cap_id, "topic": topic, "attribute": attr, "frames": [s, e]})
-                # one feature per second, stamped at the middle of its second (as `prvr extract` records videos)
-                out.add_video(vid, frames, {"duration": float(n), "frame_times": [i + 0.5 for i in range(n)]})
+                    events.append({"cap_id": cap_id, "topic": topic, "attribute": attr, "frames": [s, e],
+                                   "seconds": [s * p.frame_step, e * p.frame_step]})
+                out.add_video(vid, frames, frame_clock(n, p.frame_step))
                 moments[vid] = {"n_frames": n, "events": events}
         out.add_json("synthetic.json", {"preset": asdict(p), "moments": moments})
     if bigfile:
@@ -151,6 +154,12 @@ def estimated_bytes(p: SynthPreset, bigfile: bool = False) -> int:
     frames = videos * (p.frames[0] + p.frames[1]) / 2 * p.visual_dim * 4
     tokens = videos * (p.events[0] + p.events[1]) / 2 * (p.tokens[0] + p.tokens[1]) / 2 * p.text_dim * 4
     return int(frames * (2 if bigfile else 1) + tokens)
+
+
+def frame_clock(n: int, step: float = FRAME_STEP) -> dict:
+    """Duration and frame times of n frames sampled every `step` seconds, each stamped at the middle of its
+    interval (as `prvr extract` records videos)."""
+    return {"duration": n * step, "frame_times": [(i + 0.5) * step for i in range(n)]}
 
 
 def synthetic_info(layout: DatasetLayout) -> dict:

@@ -1,0 +1,139 @@
+"""The contract's scoring and representations by hand: weighted max-similarity, padding rules, best tokens, token
+time spans, query and video containers. Fast; also what `make mutate` runs on prvr.models.base."""
+
+import pytest
+import torch
+
+from prvr.models.base import (
+    QueryRepr,
+    TokenLayout,
+    TokenSet,
+    VideoRepr,
+    max_similarity_scores,
+    set_similarities,
+)
+from prvr.models.dreamprvr import DreamPRVR
+from tests.conftest import tiny_model_config
+
+
+def by_hand(q: QueryRepr, v: VideoRepr, layouts):
+    """Per set: sum over rows aimed at it of a_m * max over real (or zero-padded) tokens of cos."""
+    out = {}
+    for name, layout in layouts.items():
+        s = v.sets[name]
+        N, B = q.vectors.shape[0], s.tokens.shape[0]
+        got = torch.zeros(N, B, dtype=torch.float64)
+        for n in range(N):
+            for b in range(B):
+                for m, t in enumerate(q.targets):
+                    if t != name:
+                        continue
+                    cos = [float(torch.nn.functional.cosine_similarity(q.vectors[n, m], s.tokens[b, ell], dim=0))
+                           for ell in range(s.tokens.shape[1]) if s.mask is None or s.mask[b, ell] > 0]
+                    if s.mask is not None and layout.pads_score_zero and s.mask[b].sum() < s.tokens.shape[1]:
+                        cos.append(0.0)
+                    got[n, b] += float(q.weights[n, m]) * max(cos)
+        out[name] = got
+    return out
+
+
+def case(seed=0, pads_zero=True, dim=5):
+    g = torch.Generator().manual_seed(seed)
+    layouts = {"clip": TokenLayout(4), "frame": TokenLayout(6, ragged=True, pads_score_zero=pads_zero)}
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.float32)
+    v = VideoRepr({"clip": TokenSet(torch.randn(3, 4, dim, generator=g)),
+                   "frame": TokenSet(torch.randn(3, 6, dim, generator=g) * mask[..., None], mask)})
+    q = QueryRepr(torch.randn(2, 3, dim, generator=g), torch.tensor([[0.7, 0.2, 1.0], [0.1, 0.0, 2.0]]),
+                  ("clip", "frame", "clip"))
+    return q, v, layouts
+
+
+@pytest.mark.parametrize("pads_zero", [True, False])
+def test_max_similarity_scores_by_hand(pads_zero):
+    for seed in range(3):
+        q, v, layouts = case(seed, pads_zero)
+        got = max_similarity_scores(q, v, layouts)
+        want = by_hand(q, v, layouts)
+        for name in layouts:
+            torch.testing.assert_close(got[name].double(), want[name], atol=1e-6, rtol=0)
+
+
+def test_padding_rule_matters():
+    q, v, layouts = case(1)
+    v.sets["frame"].tokens[2, 0] = -q.vectors[0, 1]  # video 2's only frame points away from row 1
+    zero = max_similarity_scores(q, v, layouts)["frame"]
+    never = max_similarity_scores(q, v, {**layouts, "frame": TokenLayout(6, ragged=True)})["frame"]
+    assert zero[0, 2] == 0.0 and never[0, 2] == pytest.approx(-0.2, abs=1e-6)  # a_m * cos = 0.2 * -1
+    sims = set_similarities(q.normalize(), v.normalize().sets["frame"], TokenLayout(6, ragged=True), [1])
+    assert sims.shape == (2, 1, 3, 6) and torch.isinf(sims[0, 0, 1, 2:]).all()
+
+
+def test_model_score_and_best_tokens():
+    model = DreamPRVR(tiny_model_config(hidden_size=8, n_heads=1))
+    q, v, _ = case(2, dim=8)
+    q = QueryRepr(q.vectors[:, :2], q.weights[:, :2], ("clip", "frame"))
+    v = VideoRepr({"clip": TokenSet(torch.randn(3, 32, 8)), "frame": v.sets["frame"]})
+    layouts = model.token_layouts()
+    v = VideoRepr({"clip": v.sets["clip"], "frame": TokenSet(torch.nn.functional.pad(v.sets["frame"].tokens, (0, 0, 0, 122)),
+                                                               torch.nn.functional.pad(v.sets["frame"].mask, (0, 122)))})
+    want = by_hand(q, v, layouts)
+    per_set = model.set_scores(q, v)
+    torch.testing.assert_close(model.score(q, v).double(), 0.6 * want["clip"] + 0.4 * want["frame"], atol=1e-6, rtol=0)
+    for name in layouts:
+        torch.testing.assert_close(per_set[name].double(), want[name], atol=1e-6, rtol=0)
+    best = model.best_tokens(q, v)
+    qn, vn = q.normalize(), v.normalize()
+    for name, m in (("clip", 0), ("frame", 1)):
+        cos = torch.einsum("nd,bld->nbl", qn.vectors[:, m], vn.sets[name].tokens)
+        if vn.sets[name].mask is not None:  # padding enters the frame max as cosine 0 (pads_score_zero)
+            cos = cos.masked_fill(vn.sets[name].mask[None] == 0, 0.0 if layouts[name].pads_score_zero else -2.0)
+        assert torch.equal(best[name], cos.argmax(-1)), name
+
+
+def test_best_token_follows_the_row_that_contributes_most():
+    layouts = {"clip": TokenLayout(3)}
+    tokens = torch.eye(4)[None, :3]  # token i along axis i
+    q = QueryRepr(torch.tensor([[[1.0, 0, 0, 0], [0, 1.0, 0, 0]]]), torch.tensor([[0.2, 0.9]]), ("clip", "clip"))
+
+    class M(DreamPRVR):
+        def token_layouts(self):
+            return layouts
+
+    model = M(tiny_model_config(hidden_size=4, n_heads=1))
+    v = VideoRepr({"clip": TokenSet(tokens)})
+    assert model.best_tokens(q, v)["clip"].tolist() == [[1]]  # row 1 (weight 0.9) decides
+    q.weights[0] = torch.tensor([0.9, 0.2])
+    assert model.best_tokens(q, v)["clip"].tolist() == [[0]]
+
+
+def test_token_layouts_map_tokens_to_frames():
+    clip = TokenLayout(32)
+    assert clip.capacity == 32 and clip.frame_rows(64, 0) == (0, 2) and clip.frame_rows(64, 31) == (62, 63)
+    assert clip.frame_rows(10, 5) == (2, 3)  # b = min(round(i*10/32), 9): cell 5 -> [2, 2) degenerate -> one row
+    frame = TokenLayout(128, ragged=True, pads_score_zero=True)
+    assert frame.frame_rows(50, 7) == (7, 8) and frame.frame_rows(256, 3) == (6, 8)
+    props = TokenLayout(8, proposals=((0, 2), (2, 8), (0, 8)))
+    assert props.capacity == 3 and props.frame_rows(16, 1) == (4, 15) and props.frame_rows(16, 2) == (0, 15)
+    for layout in (clip, frame, props):
+        assert TokenLayout.from_dict(layout.to_dict()) == layout
+    assert frame.to_dict() == {"cells": 128, "ragged": True, "pads_score_zero": True, "proposals": None}
+
+
+def test_query_and_video_containers():
+    a = QueryRepr(torch.ones(2, 1, 4), torch.ones(2, 1), ("clip",))
+    b = QueryRepr(torch.ones(1, 3, 4) * 2, torch.tensor([[1.0, 0.5, 0.25]]), ("clip", "frame", "frame"))
+    c = QueryRepr.cat([a, b])
+    assert c.vectors.shape == (3, 3, 4) and c.targets == b.targets
+    assert c.weights.tolist() == [[1, 0, 0], [1, 0, 0], [1, 0.5, 0.25]] and c.vectors[0, 1:].abs().sum() == 0
+    assert c.rows_for("frame") == [1, 2] and c.rows_for("clip") == [0] and len(c) == 3 and len(c[1:]) == 2
+    with pytest.raises(ValueError, match="different row targets"):
+        QueryRepr.cat([QueryRepr(torch.ones(1, 1, 4), torch.ones(1, 1), ("frame",)), b])
+    single = QueryRepr.single(torch.tensor([[3.0, 4.0]]), ("clip", "frame"))
+    assert single.vectors.shape == (1, 2, 2) and single.weights.tolist() == [[1.0, 1.0]]
+    n = single.normalize()
+    assert n.normalized and torch.allclose(n.vectors[0, 0], torch.tensor([0.6, 0.8])) and n.normalize() is n
+    v = VideoRepr({"clip": TokenSet(torch.full((2, 3, 2), 2.0)), "frame": TokenSet(torch.ones(2, 4, 2), torch.ones(2, 4))})
+    w = VideoRepr.cat([v, v.map(lambda t: t * 3)])
+    assert len(w) == 4 and w.sets["frame"].mask.shape == (4, 4) and float(w.sets["clip"].tokens[3, 0, 0]) == 6.0
+    vn = w.normalize()
+    assert vn.normalized and vn.normalize() is vn and torch.allclose(vn.sets["clip"].tokens.norm(dim=-1), torch.ones(4, 3))
