@@ -91,18 +91,61 @@ def run_mapping(config: dict, model_keys: dict[str, str]) -> dict[str, dict[str,
     return out
 
 
+# State-dict names the MS-SL / GMMFormer family shares (DreamPRVR, HLFormer, Holmes): the input projections and
+# position embeddings, the query pooling, and the BERT-style names inside every attention block.
+FAMILY_INPUT_RULES: list[tuple[str, str]] = [
+    (r"^(query|clip|frame)_input_proj\.", r"\1_proj."),
+    (r"^(query|clip|frame)_pos_embed\.position_embeddings\.", r"\1_pos.table."),
+    (r"^(query|clip|frame)_pos_embed\.LayerNorm\.", r"\1_pos.norm."),
+    (r"^modular_vector_mapping\.", "query_pooling."),
+]
+FAMILY_BLOCK_RULES: list[tuple[str, str]] = [
+    (r"\.self\.(query|key|value)\.", r".attn.\1."),
+    (r"\.output\.layer1\.", ".ffn.fc1."),
+    (r"\.output\.layer2\.", ".ffn.fc2."),
+    (r"_proj\.LayerNorm\.", "_proj.norm."),
+    (r"_proj\.net\.1\.", "_proj.linear."),
+]
+NEG_FACTOR = ("diversity_margin", "diversity_alpha", "diversity_lambda")  # the original's `neg_factor` list
+
+
+def fusion_rules(encoder: str) -> list[tuple[str, str]]:
+    """The branch fusion (MAIM) of the clip and frame encoders -> `{clip,frame}_<encoder>.fusion.*`."""
+    return [(rf"^(clip|frame)_encoder\.{old}\.", rf"\1_{encoder}.fusion.{new}.")
+            for old, new in (("ca", "cross_attn"), ("layer1", "hidden"), ("layer2", "logits"))]
+
+
+def rename(name: str, rules: Sequence[tuple[str, str]]) -> str:
+    """One original state-dict name -> ours, by regex `rules` applied in order."""
+    for pattern, repl in rules:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def family_config_mapping(config: dict, model_keys: dict[str, str], loss_factor: Sequence[str],
+                          loss_keys: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The original flat config -> a run-config mapping with a `loss` section: `loss_factor` names the entries of
+    the original's `loss_factor` list, NEG_FACTOR those of `neg_factor`, `loss_keys` maps its flat loss keys."""
+    loss: dict[str, Any] = {}
+    for key, names in (("loss_factor", loss_factor), ("neg_factor", NEG_FACTOR)):
+        if config.get(key) is not None:
+            loss.update(zip(names, config[key], strict=False))
+    for key, name in loss_keys.items():
+        if config.get(key) is not None:
+            loss[name] = config[key]
+    return {**run_mapping(config, model_keys), "loss": loss}
+
+
 def rename_state(original: dict[str, torch.Tensor], rules: Sequence[tuple[str, str]],
                  expected: dict[str, torch.Tensor], what: str = "original") -> dict[str, torch.Tensor]:
     """Rename an original state dict by regex `rules` (applied in order) and check that it covers `expected`
     (our state dict) exactly, shapes included."""
-    compiled = [(re.compile(p), r) for p, r in rules]
     converted: dict[str, torch.Tensor] = {}
     for name, value in original.items():
         if not torch.is_tensor(value):
             raise CheckpointError(f"{what} weight {name!r} is not a tensor")
         new = name[len("module."):] if name.startswith("module.") else name  # saved from DataParallel
-        for pattern, repl in compiled:
-            new = pattern.sub(repl, new)
+        new = rename(new, rules)
         if new not in expected:
             raise CheckpointError(f"{what} weight {name!r} (as {new!r}) has no place in this model configuration")
         if tuple(value.shape) != tuple(expected[new].shape):

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 
-from prvr.models.original import rename_state, run_mapping
+from prvr.models.original import (
+    FAMILY_BLOCK_RULES,
+    FAMILY_INPUT_RULES,
+    family_config_mapping,
+    fusion_rules,
+    rename,
+    rename_state,
+)
 
 # Applied in order to each original name.
 RULES: list[tuple[str, str]] = [
-    (r"^(query|clip|frame)_input_proj\.", r"\1_proj."),
-    (r"^(query|clip|frame)_pos_embed\.position_embeddings\.", r"\1_pos.table."),
-    (r"^(query|clip|frame)_pos_embed\.LayerNorm\.", r"\1_pos.norm."),
-    (r"^modular_vector_mapping\.", "query_pooling."),
+    *FAMILY_INPUT_RULES,
     (r"^video_qformer\.query_tokens$", "register_condition.queries"),
     (r"^video_qformer\.cross_attention\.", "register_condition.cross_attn."),
     (r"^(clip|frame)_encoder\.e_attns\.", r"\1_branch.branches.blocks."),
-    (r"^(clip|frame)_encoder\.ca\.", r"\1_branch.fusion.cross_attn."),
-    (r"^(clip|frame)_encoder\.layer1\.", r"\1_branch.fusion.hidden."),
-    (r"^(clip|frame)_encoder\.layer2\.", r"\1_branch.fusion.logits."),
+    *fusion_rules("branch"),
     (r"^(clip|frame)_encoder\.noise_input_layer\.", r"\1_branch.register_proj."),
     (r"^video_probabilistic_variational_sampler\.", "video_sampler."),
     (r"^video_sampler\.gpo\.linear\.", "video_sampler.gpo.score."),
@@ -42,13 +42,8 @@ RULES: list[tuple[str, str]] = [
     (r"^diffusion_mlp\.layers\.(\d+)\.cond_proj\.1\.", r"denoiser.blocks.\1.cond_proj."),
     (r"^diffusion_mlp\.layers\.(\d+)\.short_cut\.", r"denoiser.blocks.\1.shortcut."),
     (r"^diffusion_mlp\.short_cut\.", "denoiser.out."),
-    (r"\.self\.(query|key|value)\.", r".attn.\1."),
-    (r"\.output\.layer1\.", ".ffn.fc1."),
-    (r"\.output\.layer2\.", ".ffn.fc2."),
-    (r"_proj\.LayerNorm\.", "_proj.norm."),
-    (r"_proj\.net\.1\.", "_proj.linear."),
+    *FAMILY_BLOCK_RULES,
 ]
-_COMPILED = [(re.compile(p), r) for p, r in RULES]
 
 # original flat config key -> DreamPRVRConfig field (both the released Configs/*.py names and the model's own)
 MODEL_KEYS = {
@@ -60,14 +55,12 @@ MODEL_KEYS = {
 }
 LOSS_FACTOR = ("clip_nce_weight", "frame_nce_weight", "query_diversity_weight",
                "query_similarity_preservation_weight", "kl_weight", "diffusion_weight")
-NEG_FACTOR = ("diversity_margin", "diversity_alpha", "diversity_lambda")
+LOSS_KEYS = {"deterministic_tau": "similarity_tau", "margin": "margin", "hard_pool_size": "hard_pool_size"}
 
 
 def original_name(name: str) -> str:
     """Map one original state-dict name to ours."""
-    for pattern, repl in _COMPILED:
-        name = pattern.sub(repl, name)
-    return name
+    return rename(name, RULES)
 
 
 def convert_state_dict(original: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -77,15 +70,7 @@ def convert_state_dict(original: dict[str, torch.Tensor], model: torch.nn.Module
 
 def config_mapping(config: dict) -> dict:
     """The original flat config -> a DreamPRVR run-config mapping."""
-    out = run_mapping(config, MODEL_KEYS)
-    loss = {}
-    for key, names in (("loss_factor", LOSS_FACTOR), ("neg_factor", NEG_FACTOR)):
-        if config.get(key) is not None:
-            loss.update(zip(names, config[key], strict=False))
-    for key, name in (("deterministic_tau", "similarity_tau"), ("margin", "margin"), ("hard_pool_size", "hard_pool_size")):
-        if config.get(key) is not None:
-            loss[name] = config[key]
-    return {**out, "loss": loss}
+    return family_config_mapping(config, MODEL_KEYS, LOSS_FACTOR, LOSS_KEYS)
 
 
 def convert_original(ckpt: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:

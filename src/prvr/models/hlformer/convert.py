@@ -6,19 +6,21 @@ every layer that computes on the hyperboloid, listed under each of them (41 name
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from prvr.errors import CheckpointError
-from prvr.models.original import rename_state, run_mapping
+from prvr.models.original import (
+    FAMILY_BLOCK_RULES,
+    FAMILY_INPUT_RULES,
+    family_config_mapping,
+    fusion_rules,
+    rename,
+    rename_state,
+)
 
 # Applied in order to each original name.
 RULES: list[tuple[str, str]] = [
-    (r"^(query|clip|frame)_input_proj\.", r"\1_proj."),
-    (r"^(query|clip|frame)_pos_embed\.position_embeddings\.", r"\1_pos.table."),
-    (r"^(query|clip|frame)_pos_embed\.LayerNorm\.", r"\1_pos.norm."),
-    (r"^modular_vector_mapping\.", "query_pooling."),
+    *FAMILY_INPUT_RULES,
     (r"^modular_vector_mapping_2\.", "frame_pooling."),
     (r"^modular_vector_mapping_3\.", "clip_pooling."),
     (r"^frame_encoder_1\.", "frame_encoder."),
@@ -28,20 +30,13 @@ RULES: list[tuple[str, str]] = [
     (r"^(clip|frame)_encoder\.h_attns\.(\d+)\.self\.output_proj\.", r"\1_encoder.lorentz.blocks.\2.out_proj."),
     (r"^(clip|frame)_encoder\.h_attns\.(\d+)\.self\.", r"\1_encoder.lorentz.blocks.\2."),
     (r"^(clip|frame)_encoder\.h_attns\.", r"\1_encoder.lorentz.blocks."),
-    (r"^(clip|frame)_encoder\.ca\.", r"\1_encoder.fusion.cross_attn."),
-    (r"^(clip|frame)_encoder\.layer1\.", r"\1_encoder.fusion.hidden."),
-    (r"^(clip|frame)_encoder\.layer2\.", r"\1_encoder.fusion.logits."),
+    *fusion_rules("encoder"),
     (r"\.linear_query\.", ".query."),
     (r"\.linear_keys\.", ".key."),
     (r"\.linear_values\.", ".value."),
     (r"\.(query|key|value)\.weight\.weight$", r".\1.linear.weight"),  # LorentzLinear wraps an nn.Linear
-    (r"\.self\.(query|key|value)\.", r".attn.\1."),
-    (r"\.output\.layer1\.", ".ffn.fc1."),
-    (r"\.output\.layer2\.", ".ffn.fc2."),
-    (r"_proj\.LayerNorm\.", "_proj.norm."),
-    (r"_proj\.net\.1\.", "_proj.linear."),
+    *FAMILY_BLOCK_RULES,
 ]
-_COMPILED = [(re.compile(p), r) for p, r in RULES]
 
 # original flat config key -> HLFormerConfig field (the released Configs/*.py names and the model's own)
 MODEL_KEYS = {
@@ -51,14 +46,12 @@ MODEL_KEYS = {
     "curv_init": "curv_init", "learn_curv_bool": "learn_curv", "learn_curv": "learn_curv",
 }
 LOSS_FACTOR = ("clip_nce_weight", "frame_nce_weight", "query_diversity_weight", "partial_order_weight")
-NEG_FACTOR = ("diversity_margin", "diversity_alpha", "diversity_lambda")
+LOSS_KEYS = {"margin": "margin", "hard_pool_size": "hard_pool_size"}
 
 
 def original_name(name: str) -> str:
     """Map one original state-dict name to ours."""
-    for pattern, repl in _COMPILED:
-        name = pattern.sub(repl, name)
-    return name
+    return rename(name, RULES)
 
 
 def convert_state_dict(original: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -73,15 +66,7 @@ def convert_state_dict(original: dict[str, torch.Tensor], model: torch.nn.Module
 
 def config_mapping(config: dict) -> dict:
     """The original flat config -> an HLFormer run-config mapping."""
-    out = run_mapping(config, MODEL_KEYS)
-    loss = {}
-    for key, names in (("loss_factor", LOSS_FACTOR), ("neg_factor", NEG_FACTOR)):
-        if config.get(key) is not None:
-            loss.update(zip(names, config[key], strict=False))
-    for key in ("margin", "hard_pool_size"):
-        if config.get(key) is not None:
-            loss[key] = config[key]
-    return {**out, "loss": loss}
+    return family_config_mapping(config, MODEL_KEYS, LOSS_FACTOR, LOSS_KEYS)
 
 
 def convert_original(ckpt: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -2,35 +2,30 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from prvr.errors import CheckpointError
-from prvr.models.original import rename_state, run_mapping
+from prvr.models.original import (
+    FAMILY_BLOCK_RULES,
+    FAMILY_INPUT_RULES,
+    family_config_mapping,
+    fusion_rules,
+    rename,
+    rename_state,
+)
 
 # Applied in order to each original name.
 RULES: list[tuple[str, str]] = [
     (r"^frame_encoder_1\.", "frame_encoder."),
-    (r"^(query|clip|frame)_input_proj\.", r"\1_proj."),
     (r"^frame_branch_query_proj\.", "frame_query_proj."),
     (r"^frame_branch_query_encoder\.", "frame_query_encoder."),
     (r"^text_weight_fc\.0\.", "token_weights.hidden."),
     (r"^text_weight_fc\.2\.", "token_weights.out."),
-    (r"^(query|clip|frame)_pos_embed\.position_embeddings\.", r"\1_pos.table."),
-    (r"^(query|clip|frame)_pos_embed\.LayerNorm\.", r"\1_pos.norm."),
-    (r"^modular_vector_mapping\.", "query_pooling."),
+    *FAMILY_INPUT_RULES,
     (r"^(clip|frame)_encoder\.e_attns\.", r"\1_branch.branches.blocks."),
-    (r"^(clip|frame)_encoder\.ca\.", r"\1_branch.fusion.cross_attn."),
-    (r"^(clip|frame)_encoder\.layer1\.", r"\1_branch.fusion.hidden."),
-    (r"^(clip|frame)_encoder\.layer2\.", r"\1_branch.fusion.logits."),
-    (r"\.self\.(query|key|value)\.", r".attn.\1."),
-    (r"\.output\.layer1\.", ".ffn.fc1."),
-    (r"\.output\.layer2\.", ".ffn.fc2."),
-    (r"_proj\.LayerNorm\.", "_proj.norm."),
-    (r"_proj\.net\.1\.", "_proj.linear."),
+    *fusion_rules("branch"),
+    *FAMILY_BLOCK_RULES,
 ]
-_COMPILED = [(re.compile(p), r) for p, r in RULES]
 MULTI_MARKER = "frame_branch_query_encoder."  # only the multi-query tree (multisrc/) has the frame branch's query encoder
 
 # original flat config key -> HolmesConfig field
@@ -41,7 +36,6 @@ MODEL_KEYS = {
 }
 LOSS_FACTOR = ("clip_nce_weight", "frame_nce_weight", "query_diversity_weight", "intra_video_edl_weight",
                "edl_weight", "consistency_weight")
-NEG_FACTOR = ("diversity_margin", "diversity_alpha", "diversity_lambda")
 LOSS_KEYS = {
     "margin": "margin", "hard_pool_size": "hard_pool_size", "edl_tau": "edl_tau",
     "edl_intra_video_tau": "intra_video_edl_tau", "pot_scale": "pot_scale", "pot_prompt_ratio": "pot_prompt_ratio",
@@ -51,9 +45,7 @@ LOSS_KEYS = {
 
 def original_name(name: str) -> str:
     """Map one original state-dict name to ours."""
-    for pattern, repl in _COMPILED:
-        name = pattern.sub(repl, name)
-    return name
+    return rename(name, RULES)
 
 
 def original_query_form(state: dict) -> str:
@@ -74,15 +66,7 @@ def convert_state_dict(original: dict[str, torch.Tensor], model: torch.nn.Module
 def config_mapping(config: dict) -> dict:
     """The original flat config -> a Holmes run-config mapping (the query form is in the weights, not the config:
     see `weights_mapping`)."""
-    out = run_mapping(config, MODEL_KEYS)
-    loss = {}
-    for key, names in (("loss_factor", LOSS_FACTOR), ("neg_factor", NEG_FACTOR)):
-        if config.get(key) is not None:
-            loss.update(zip(names, config[key], strict=False))
-    for key, name in LOSS_KEYS.items():
-        if config.get(key) is not None:
-            loss[name] = config[key]
-    return {**out, "loss": loss}
+    return family_config_mapping(config, MODEL_KEYS, LOSS_FACTOR, LOSS_KEYS)
 
 
 def weights_mapping(ckpt: dict) -> dict:
