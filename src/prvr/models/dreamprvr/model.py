@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prvr.models.base import PRVRModel, QueryRepr, TokenLayout, TokenSet, VideoRepr
 from prvr.models.dreamprvr.config import DreamPRVRConfig
 from prvr.models.dreamprvr.diffusion import Denoiser, DiffusionSchedule
 from prvr.models.dreamprvr.registers import RegisterCondition, RegisterGaussianAttention
 from prvr.models.dreamprvr.samplers import TextPerturbationSampler, VideoSampler, sinusoidal_table
+from prvr.models.family import ClipFrameModel, init_family_weights
 from prvr.models.layers import AttentionBlock, PositionalEncoding, Projection
 from prvr.models.losses import segment_mean
 
@@ -31,21 +31,16 @@ class TrainOutputs:
     eps_true: torch.Tensor | None = None  # (B, K, D)
 
 
-SETS = ("clip", "frame")
 
 
-class DreamPRVR(PRVRModel):
+class DreamPRVR(ClipFrameModel):
     config_class = DreamPRVRConfig
     cfg: DreamPRVRConfig
 
     def __init__(self, cfg: DreamPRVRConfig):
         super().__init__(cfg)
         D, h, p_in, p = cfg.hidden_size, cfg.n_heads, cfg.input_drop, cfg.drop
-        # query branch
-        self.query_proj = Projection(cfg.text_dim, D, p_in)
-        self.query_pos = PositionalEncoding(cfg.max_desc_l, D, p_in)
-        self.query_encoder = AttentionBlock(D, h, p)
-        self.query_pooling = nn.Linear(D, 1, bias=False)
+        self.build_query_branch()
         # video inputs
         self.clip_proj = Projection(cfg.visual_dim, D, p_in)
         self.clip_pos = PositionalEncoding(cfg.clip_pos_len, D, p_in)
@@ -77,16 +72,9 @@ class DreamPRVR(PRVRModel):
     def reset_parameters(self) -> None:
         """Linear/Embedding N(0, 0.02), biases 0, LayerNorm 1/0; the GRU keeps xavier/orthogonal/zero;
         register queries keep N(0, 1). Applied over the whole model, as in the original."""
-        std = self.cfg.initializer_range
+        init_family_weights(self, self.cfg.initializer_range)
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, 0.0, std)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.GRU):
+            if isinstance(m, nn.GRU):
                 for name, w in m.named_parameters():
                     if "weight_ih" in name:
                         nn.init.xavier_uniform_(w)
@@ -100,20 +88,6 @@ class DreamPRVR(PRVRModel):
                 table.copy_(sinusoidal_table(*table.shape))
 
     # ---------------------------------------------------------------- the contract
-    def token_layouts(self) -> dict[str, TokenLayout]:
-        return {"clip": TokenLayout(self.cfg.map_size),
-                "frame": TokenLayout(self.cfg.max_ctx_l, ragged=True, pads_score_zero=True)}
-
-    def score_weights(self) -> dict[str, float]:
-        return {"clip": self.cfg.clip_scale_w, "frame": self.cfg.frame_scale_w}
-
-    def encode_queries(self, batch) -> QueryRepr:
-        return QueryRepr.single(self.query_embedding(batch.text, batch.text_mask), SETS)
-
-    def encode_videos(self, batch) -> VideoRepr:
-        clip, frame, frame_mask = self.video_tokens(batch.clip, batch.frames, batch.frame_mask)
-        return VideoRepr({"clip": TokenSet(clip), "frame": TokenSet(frame, frame_mask)})
-
     def forward_train(self, batch, draws: dict[str, torch.Tensor] | None = None) -> TrainOutputs:
         """`draws` (see `TrainStep.draws`): the perturbation draws `perturbation_alpha`/`perturbation_beta`
         (B, K, D) to use instead of drawing them."""
@@ -124,14 +98,6 @@ class DreamPRVR(PRVRModel):
                     perturbation=perturbation)
 
     # ---------------------------------------------------------------- query side
-    def query_embedding(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """text (N, Lq, Dq), text_mask (N, Lq) -> query embedding (N, D)."""
-        x = self.query_pos(self.query_proj(text))  # (N, Lq, D)
-        x = self.query_encoder(x, key_mask=text_mask)
-        logits = self.query_pooling(x).squeeze(-1)  # (N, Lq)
-        logits = logits * text_mask + (1 - text_mask) * -1e10
-        return torch.einsum("nl,nld->nd", logits.softmax(dim=-1), x)
-
     # ---------------------------------------------------------------- video side
     def _register_inputs(self, clip_tokens: torch.Tensor):
         encoded = self.mean_clip_encoder(clip_tokens)  # (B, Kc, D)

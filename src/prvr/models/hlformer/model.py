@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prvr.models.base import PRVRModel, QueryRepr, TokenLayout, TokenSet, VideoRepr
+from prvr.models.family import ClipFrameModel, init_family_weights
 from prvr.models.hlformer.attention import HLFormerBlock
 from prvr.models.hlformer.config import HLFormerConfig
 from prvr.models.hlformer.lorentz import LorentzManifold, exp_map0
-from prvr.models.layers import AttentionBlock, PositionalEncoding, Projection
+from prvr.models.layers import PositionalEncoding, Projection
 
 
 @dataclass
@@ -29,10 +29,9 @@ class TrainOutputs:
     hyp_video: torch.Tensor  # (B, D) video points
 
 
-SETS = ("clip", "frame")
 
 
-class HLFormer(PRVRModel):
+class HLFormer(ClipFrameModel):
     config_class = HLFormerConfig
     cfg: HLFormerConfig
 
@@ -40,11 +39,7 @@ class HLFormer(PRVRModel):
         super().__init__(cfg)
         D, h, p_in, p = cfg.hidden_size, cfg.n_heads, cfg.input_drop, cfg.drop
         self.manifold = LorentzManifold()  # shared by every Lorentz layer
-        # query branch
-        self.query_proj = Projection(cfg.text_dim, D, p_in)
-        self.query_pos = PositionalEncoding(cfg.max_desc_l, D, p_in)
-        self.query_encoder = AttentionBlock(D, h, p)
-        self.query_pooling = nn.Linear(D, 1, bias=False)
+        self.build_query_branch()
         # video branches: clip scale (glance) and frame scale (gaze)
         block = dict(n_heads=h, dropout=p, lorentz_dim=cfg.lorentz_dim, per_space=cfg.branches_per_space,
                      temperature=cfg.sft_factor, manifold=self.manifold, spaces=cfg.attention_spaces,
@@ -72,42 +67,13 @@ class HLFormer(PRVRModel):
     def reset_parameters(self) -> None:
         """Every Linear/Embedding weight N(0, 0.02) and bias 0 (the Lorentz linear maps included), LayerNorm 1/0;
         the scalar parameters keep their constructor values. Applied over the whole model, as in the original."""
-        std = self.cfg.initializer_range
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, 0.0, std)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_family_weights(self, self.cfg.initializer_range)
 
     # ---------------------------------------------------------------- the contract
-    def token_layouts(self) -> dict[str, TokenLayout]:
-        return {"clip": TokenLayout(self.cfg.map_size),
-                "frame": TokenLayout(self.cfg.max_ctx_l, ragged=True, pads_score_zero=True)}
-
-    def score_weights(self) -> dict[str, float]:
-        return {"clip": self.cfg.clip_scale_w, "frame": self.cfg.frame_scale_w}
-
-    def encode_queries(self, batch) -> QueryRepr:
-        return QueryRepr.single(self.query_embedding(batch.text, batch.text_mask), SETS)
-
-    def encode_videos(self, batch) -> VideoRepr:
-        clip, frame, frame_mask = self.video_tokens(batch.clip, batch.frames, batch.frame_mask)
-        return VideoRepr({"clip": TokenSet(clip), "frame": TokenSet(frame, frame_mask)})
-
     def forward_train(self, batch) -> TrainOutputs:
         return self(batch.clip, batch.frames, batch.frame_mask, batch.text, batch.text_mask)
 
     # ---------------------------------------------------------------- encoders
-    def query_embedding(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """text (N, Lq, Dq), text_mask (N, Lq) -> query embedding (N, D): masked attention pooling of the tokens."""
-        x = self.query_encoder(self.query_pos(self.query_proj(text)), key_mask=text_mask)  # (N, Lq, D)
-        logits = self.query_pooling(x).squeeze(-1)  # (N, Lq)
-        logits = logits * text_mask + (1 - text_mask) * -1e10
-        return torch.einsum("nl,nld->nd", logits.softmax(dim=-1), x)
-
     def _pad_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor):
         F_max = self.cfg.max_ctx_l
         n = frames.shape[1]

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from prvr.models.base import PRVRModel, QueryRepr, TokenLayout, TokenSet, VideoRepr, max_similarity_scores
+from prvr.models.base import QueryRepr, VideoRepr, max_similarity_scores
+from prvr.models.family import SETS, ClipFrameModel, init_family_weights
 from prvr.models.holmes.config import HolmesConfig
 from prvr.models.layers import (
     AttentionBlock,
@@ -22,7 +23,6 @@ from prvr.models.layers import (
 )
 from prvr.models.losses import max_similarity
 
-SETS = ("clip", "frame")
 SCORE_BLOCK = 1 << 26  # similarities held at once when a query has many rows (multi form): 256 MB of float32
 
 
@@ -92,18 +92,14 @@ class TokenWeights(nn.Module):
         return logits.masked_fill(mask == 0, float("-inf")).softmax(dim=-1)
 
 
-class Holmes(PRVRModel):
+class Holmes(ClipFrameModel):
     config_class = HolmesConfig
     cfg: HolmesConfig
 
     def __init__(self, cfg: HolmesConfig):
         super().__init__(cfg)
         D, h, p_in, p = cfg.hidden_size, cfg.n_heads, cfg.input_drop, cfg.drop
-        # query branch
-        self.query_proj = Projection(cfg.text_dim, D, p_in)
-        self.query_pos = PositionalEncoding(cfg.max_desc_l, D, p_in)
-        self.query_encoder = AttentionBlock(D, h, p)
-        self.query_pooling = nn.Linear(D, 1, bias=False)
+        self.build_query_branch()
         if cfg.query_form == "multi":  # the frame branch's own query tokens (shares the position table)
             self.frame_query_proj = Projection(cfg.text_dim, D, p_in)
             self.frame_query_encoder = AttentionBlock(D, h, p)
@@ -130,24 +126,9 @@ class Holmes(PRVRModel):
 
     def reset_parameters(self) -> None:
         """Linear/Embedding N(0, 0.02), biases 0, LayerNorm 1/0 over the whole model, as in the original."""
-        std = self.cfg.initializer_range
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, 0.0, std)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_family_weights(self, self.cfg.initializer_range)
 
     # ---------------------------------------------------------------- the contract
-    def token_layouts(self) -> dict[str, TokenLayout]:
-        return {"clip": TokenLayout(self.cfg.map_size),
-                "frame": TokenLayout(self.cfg.max_ctx_l, ragged=True, pads_score_zero=True)}
-
-    def score_weights(self) -> dict[str, float]:
-        return {"clip": self.cfg.clip_scale_w, "frame": self.cfg.frame_scale_w}
-
     def encode_queries(self, batch) -> QueryRepr:
         """single: the pooled query against both sets. multi: the pooled query against clips, then one row per
         query token against frames, weighted by the token weights of the normalised tokens."""
@@ -159,10 +140,6 @@ class Holmes(PRVRModel):
         N, Lq, _ = tokens.shape
         return QueryRepr(torch.cat([query[:, None], tokens], dim=1), torch.cat([weights.new_ones(N, 1), weights], 1),
                          ("clip",) + ("frame",) * Lq)
-
-    def encode_videos(self, batch) -> VideoRepr:
-        clip, frame, frame_mask = self.video_tokens(batch.clip, batch.frames, batch.frame_mask)
-        return VideoRepr({"clip": TokenSet(clip), "frame": TokenSet(frame, frame_mask)})
 
     def set_scores(self, queries: QueryRepr, videos: VideoRepr) -> dict[str, torch.Tensor]:
         """The weighted max-similarity of the contract, in blocks of videos when the queries have many rows (the
@@ -180,13 +157,6 @@ class Holmes(PRVRModel):
         return self(batch.clip, batch.frames, batch.frame_mask, batch.text, batch.text_mask)
 
     # ---------------------------------------------------------------- query side
-    def query_embedding(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """text (N, Lq, Dq), text_mask (N, Lq) -> pooled query (N, D)."""
-        x = self.query_encoder(self.query_pos(self.query_proj(text)), key_mask=text_mask)  # (N, Lq, D)
-        logits = self.query_pooling(x).squeeze(-1)  # (N, Lq)
-        logits = logits * text_mask + (1 - text_mask) * -1e10
-        return torch.einsum("nl,nld->nd", logits.softmax(dim=-1), x)
-
     def frame_query_tokens(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Multi form: the frame branch's query tokens (N, Lq, D), padded positions included."""
         return self.frame_query_encoder(self.query_pos(self.frame_query_proj(text)), key_mask=text_mask)
