@@ -19,6 +19,7 @@ from prvr.errors import NonFiniteError, PrvrError
 from prvr.models.checkpoint import load_checkpoint, load_config, read_metadata
 from prvr.train import loop
 from prvr.train.loop import train
+from prvr.train.optim import BertAdam
 from tests.conftest import tiny_run_config
 
 TINY = ["--set", "model.visual_dim=48", "--set", "model.text_dim=40", "--set", "model.hidden_size=32",
@@ -126,7 +127,7 @@ def test_nonfinite_loss_stops_before_any_save(tiny_data, tmp_path, monkeypatch):
 
 def test_nonfinite_weights_are_never_saved(tiny_data, tmp_path, monkeypatch):
     cfg = tiny_run_config(tiny_data)
-    real_step = loop.BertAdam.step
+    real_step = BertAdam.step
     steps = {"n": 0}
 
     def exploding(self, *a, **kw):  # the last update of epoch 0 (3 steps of 16 videos) overflows a weight
@@ -137,7 +138,7 @@ def test_nonfinite_weights_are_never_saved(tiny_data, tmp_path, monkeypatch):
                 self.param_groups[0]["params"][0].fill_(float("inf"))
         return out
 
-    monkeypatch.setattr(loop.BertAdam, "step", exploding)
+    monkeypatch.setattr(BertAdam, "step", exploding)
     with pytest.raises(NonFiniteError, match="epoch 0: .* weight tensors became NaN or Inf"):
         train(cfg, tmp_path / "run", progress=False, log=quiet)
     assert not (tmp_path / "run").exists()  # a fresh run that failed before its first checkpoint leaves nothing
