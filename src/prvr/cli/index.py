@@ -69,6 +69,20 @@ def index_add(checkpoint: Annotated[Path, typer.Option(help="the checkpoint the 
     _index_cmd(checkpoint, data, out, split.value, collection, feature, device, quiet, True, skip_bad, media_root)
 
 
+@index_app.command("remove")
+def index_remove(index: Annotated[Path, typer.Argument(help="index directory")],
+                 video_ids: Annotated[list[str], typer.Argument(help="video ids to remove")]):
+    """Remove videos from an index (their shards are rewritten; the index stays consistent if killed)."""
+    from prvr.index.store import read_manifest, remove_videos
+
+    manifest = read_manifest(index)
+    m, removed = remove_videos(index, manifest, video_ids)
+    unknown = [v for v in dict.fromkeys(video_ids) if v not in set(removed)]
+    console.print(f"{index}: removed {len(removed)} video(s); {m['n_videos']} left", markup=False, highlight=False)
+    if unknown:
+        raise PrvrError(f"{index}: no such video id(s): {', '.join(map(repr, unknown[:10]))}")
+
+
 @index_app.command("ann")
 def index_ann(index: Annotated[Path, typer.Argument(help="index directory")],
               nlist: Annotated[int | None, typer.Option(min=1, max=65536, help="inverted lists (default ~4 sqrt(tokens))")] = None):
