@@ -102,9 +102,9 @@ def ingest(videos: Annotated[Path, typer.Argument(help="folder of video files (w
 
     rep = run_ingest(videos, index, encoder, fps, workers, "bf16" if bf16 else "fp32", prune,
                      resolve_device(device), progress=not quiet, commit_videos=commit_every)
-    console.print(f"{index}: {rep.n_videos} videos; added {len(rep.added)} ({rep.frames} frames in "
+    print(f"{index}: {rep.n_videos} videos; added {len(rep.added)} ({rep.frames} frames in "
                   f"{rep.seconds:.1f} s: {rep.frames_per_second:.1f} frames/s, {rep.videos_per_minute:.1f} "
-                  f"videos/min), {rep.unchanged} unchanged, {len(rep.removed)} removed", markup=False, highlight=False)
+                  f"videos/min), {rep.unchanged} unchanged, {len(rep.removed)} removed")
     if rep.gone:
         print(f"{len(rep.gone)} indexed video(s) whose files are gone (pass --prune to remove them): "
               f"{', '.join(rep.gone[:10])}", file=sys.stderr)
@@ -113,5 +113,4 @@ def ingest(videos: Annotated[Path, typer.Argument(help="folder of video files (w
         for f in rep.failures:
             print(f"  {f}", file=sys.stderr)
         raise typer.Exit(2)
-    console.print(f"search it: prvr search {index} \"a dog on a beach\"   or serve it: prvr serve {index}",
-                  markup=False, highlight=False)
+    print(f"search it: prvr search {index} \"a dog on a beach\"   or serve it: prvr serve {index}")

@@ -76,6 +76,20 @@ def decode(path: str | Path, fps: float = 1.0, size: tuple[int, int] = (224, 224
     return DecodedVideo(np.stack(frames), times, duration, thumbs if thumb_width else None)
 
 
+def die_with_parent() -> None:
+    """Worker-process initializer (Linux): end this process when its parent dies, even by SIGKILL, so that a
+    killed `prvr ingest` leaves no decoder behind."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 def decode_job(path: str, fps: float, size: tuple[int, int], thumb_width: int | None) -> DecodedVideo | str:
     """`decode` for a worker process: a bad file comes back as its one-line message instead of an exception."""
     try:

@@ -40,7 +40,7 @@ from prvr.encode.encoders import (
     same_encoder,
     spec_name,
 )
-from prvr.encode.video import VIDEO_SUFFIXES, DecodedVideo, decode_job
+from prvr.encode.video import VIDEO_SUFFIXES, DecodedVideo, decode_job, die_with_parent
 from prvr.errors import PrvrError
 from prvr.index.build import nonfinite_videos, per_video_tokens
 from prvr.index.store import (
@@ -219,7 +219,7 @@ def _run(rep: IngestReport, todo: list[tuple[str, Path]], fenc, model: PRVRModel
     queue = deque(todo)
     running: deque = deque()
     ctx = multiprocessing.get_context("spawn")  # children import no torch: prvr.encode.video only
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent) as pool:
         try:
             while queue or running:
                 while queue and len(running) < 2 * workers:  # decode ahead while this process encodes
