@@ -159,7 +159,7 @@ class FrameEncoder:
     def encode(self, frames: np.ndarray, batch_size: int = 32) -> np.ndarray:
         out = []
         for s in range(0, len(frames), batch_size):
-            x = torch.from_numpy(frames[s:s + batch_size]).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+            x = torch.from_numpy(np.array(frames[s:s + batch_size])).to(self.device).permute(0, 3, 1, 2).float() / 255.0
             x = (x - self._mean) / self._std  # (b, 3, H, W)
             with _autocast(self.device, self.precision):
                 feats = self._forward(x)
@@ -268,12 +268,14 @@ class HFTextEncoder:
 
 class ConceptTextEncoder:
     """A query -> (1, 1000): softmax over the ImageNet classes of its MiniLM cosine similarity to each class name
-    (mean-pooled sentence embeddings), at temperature CONCEPT_TAU."""
+    (mean-pooled sentence embeddings), at temperature CONCEPT_TAU. The class names' embeddings are computed once
+    per machine and cached (`concept_cache()`)."""
 
     def __init__(self, spec: dict, device: str | torch.device = "cpu"):
         self.minilm = HFTextEncoder({"kind": "minilm"}, device)
         self.spec, self.names = spec, concept_names()
-        self._bank = self._sentences(self.names)  # (1000, 384)
+        self.dim = len(self.names)
+        self._bank: np.ndarray | None = None
 
     def describe(self) -> dict:
         return {"spec": self.spec, "output": "softmax over 1,000 ImageNet class names", "sentence": "MiniLM mean "
@@ -284,10 +286,35 @@ class ConceptTextEncoder:
         emb = np.stack([t.mean(0) for t in toks])  # (n, 384)
         return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
+    @property
+    def bank(self) -> np.ndarray:
+        """(1000, 384) class-name embeddings, from the cache when it holds them for these names and this MiniLM."""
+        if self._bank is None:
+            import hashlib
+
+            from prvr.io import atomic_path
+
+            key = hashlib.sha256("\n".join([*self.names, json.dumps(package_versions()), "mean-l2"]).encode())
+            path = concept_cache() / f"concepts-{key.hexdigest()[:16]}.npy"
+            bank = None
+            with contextlib.suppress(OSError, ValueError):
+                bank = np.load(path, allow_pickle=False)
+            if bank is None or bank.shape != (len(self.names), 384) or not np.isfinite(bank).all():
+                bank = self._sentences(self.names).astype(np.float32)
+                with contextlib.suppress(OSError, PrvrError), atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.save(f, bank)  # a cache that cannot be written only costs time
+            self._bank = bank
+        return self._bank
+
     def encode(self, texts: list[str], batch_size: int = 64) -> list[np.ndarray]:
-        sims = torch.from_numpy(self._sentences(texts) @ self._bank.T)  # (n, 1000)
+        sims = torch.from_numpy(self._sentences(texts) @ self.bank.T)  # (n, 1000)
         probs = (sims / CONCEPT_TAU).softmax(dim=-1).numpy()
         return [p[None].astype(np.float32) for p in probs]
+
+
+def concept_cache() -> Path:
+    """Where the concept bank's class-name embeddings are cached: $PRVR_CACHE, else ~/.cache/prvr."""
+    return Path(os.environ.get("PRVR_CACHE") or Path.home() / ".cache" / "prvr")
 
 
 def load_frame_encoder(spec: str | dict, device="cpu", precision: str = "fp32") -> FrameEncoder:

@@ -193,7 +193,7 @@ def _new_index(index: Path, spec: dict, fenc, fps: float, device: str) -> dict:
                         f"concept bank): {e}") from None
     width = fenc.size
     dv = fenc.encode(np.zeros((1, width[1], width[0], 3), np.uint8)).shape[1]
-    dq = tenc.encode(["a"])[0].shape[1]
+    dq = getattr(tenc, "dim", None) or tenc.encode(["a"])[0].shape[1]
     if dv != dq:
         raise PrvrError(f"encoder {spec_name(spec)}: frames are {dv}-d and queries {dq}-d, not one text-aligned space "
                         "(give an image-text checkpoint such as CLIPModel or SiglipModel, or the concept bank)")
