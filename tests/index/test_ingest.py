@@ -151,3 +151,11 @@ def test_siglip_towers_share_one_space(tiny_image_text):
     v = f.encode(np.full((3, 32, 32, 3), 128, np.uint8))
     q = t.encode(["a red ball", "door"])
     assert v.shape[1] == q[0].shape[1] == 32 and q[0].shape[0] == 1 and np.isfinite(v).all()
+
+
+def test_extract_records_its_encoders_with_the_features_and_in_the_index(own_index, ingested):
+    enc = read_manifest(own_index)["encoders"]  # prvr extract -> encoders.json -> prvr index build
+    assert enc["frame"]["spec"]["kind"] == "hf" and enc["fps"] == 2.0 and enc["text"]["output"] == "token features"
+    assert "torch" in enc["versions"]
+    r = cli("ingest", ingested[0].parent, own_index, "--quiet")  # not an index `prvr ingest` made
+    assert r.returncode == 2 and "prvr index build" in r.stderr

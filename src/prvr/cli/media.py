@@ -13,8 +13,10 @@ from prvr.cli.common import Collection, Device, Feature, Root, Split, app, conso
 
 @app.command()
 def extract(videos: Annotated[Path, typer.Argument(help="folder of video files")], root: Root,
-            collection: Collection, frame_encoder: Annotated[str, typer.Option(help="hf:DIR, a local vision checkpoint")],
-            text_encoder: Annotated[str | None, typer.Option(help="hf:DIR, a local text checkpoint + tokenizer")] = None,
+            collection: Collection, frame_encoder: Annotated[str, typer.Option(
+                help="hf:ID_OR_DIR (a vision or image-text checkpoint), efficientnet-lite0, or concepts")],
+            text_encoder: Annotated[str | None, typer.Option(
+                help="hf:ID_OR_DIR (a text checkpoint + tokenizer, or an image-text one), minilm, or concepts")] = None,
             captions: Annotated[Path | None, typer.Option(help="'<video_id> text' or '<video_id>#enc#<n> text' per line")] = None,
             split: Annotated[Split, typer.Option(help="split the captions belong to")] = Split.test,
             fps: Annotated[float, typer.Option(min=0.01, max=1000.0, help="frames sampled per second")] = 1.0,

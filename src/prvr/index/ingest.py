@@ -142,13 +142,12 @@ def ingest(videos: Path, index: Path, encoder: str = DEFAULT_ENCODER, fps: float
         changed += gone
     else:
         rep.gone = gone
-    if manifest is not None and changed:
-        manifest, removed = remove_videos(index, manifest, changed)
-        rep.removed = [v for v in removed if v in set(gone)] if prune else []
-
     created = not index.exists()
     try:
         fenc = load_frame_encoder(spec, device, precision)
+        if manifest is not None and changed:  # (after the encoder loaded: a failure there removes nothing)
+            manifest, removed = remove_videos(index, manifest, changed)
+            rep.removed = [v for v in removed if v in set(gone)] if prune else []
         if manifest is None:
             manifest = _new_index(index, spec, fenc, fps, device)
         model, _, _ = load_checkpoint(index / "model.safetensors", device)
@@ -173,7 +172,8 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 def _check_same_encoder(index: Path, manifest: dict, spec: dict, fps: float) -> None:
     enc = manifest.get("encoders")
-    if not isinstance(enc, dict) or not isinstance(enc.get("frame"), dict):
+    if manifest["config"]["model"].get("name") != MODEL or not isinstance(enc, dict) or not isinstance(
+            enc.get("frame"), dict):
         raise IndexError_(f"{index}: an index built by `prvr index build` from a dataset; `prvr ingest` adds to "
                           "indexes it made (give another folder)")
     old = enc["frame"].get("spec")
