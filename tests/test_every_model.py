@@ -55,7 +55,7 @@ def test_model_end_to_end(model, everyday, tmp_path):
     assert len(hits) == 3 and all(h["end"] > h["start"] and h["score"] == pytest.approx(sum(h["set_scores"].values()),
                                                                                        abs=1e-5) for h in hits)
 
-    client = TestClient(create_app(index))
+    client = TestClient(create_app(index), base_url="http://127.0.0.1")
     body = client.get("/search", params={"q": "someone washing dishes in the sink", "k": 3}).json()
     assert [h["video_id"] for h in body["hits"]] == [h["video_id"] for h in hits]
     assert client.get(f"/videos/{hits[0]['video_id']}").json()["duration"] > 0
