@@ -23,6 +23,23 @@ def cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "prvr.cli", *map(str, args)], capture_output=True, text=True, env=env)
 
 
+def inproc(capsys, *args):
+    """`prvr ARGS` in this process (the same entry point as the console script, without a new interpreter's start-up)
+    -> (exit code, stdout, stderr)."""
+    from types import SimpleNamespace
+
+    from prvr.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+
 def test_ingest_then_search_with_no_training(ingested, video_dir, tiny_image_text):
     index, rep = ingested
     assert sorted(rep.added) == ["blue_door.mp4", "kitchen.avi", "red_ball.mp4"]
@@ -64,32 +81,32 @@ def test_another_encoder_is_refused(ingested, tiny_image_text, video_dir):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_incremental_prune_remove(tmp_path, tiny_image_text):
+def test_incremental_prune_remove(tmp_path, tiny_image_text, capsys):
     videos, index = tmp_path / "videos", tmp_path / "index"
     (videos / "trip" / "day1").mkdir(parents=True)
     write_video(videos / "a.mp4", 2.0, color=(200, 30, 30))
     write_video(videos / "trip" / "day1" / "b.mp4", 2.0, color=(30, 30, 200))
     enc = f"hf:{tiny_image_text['siglip']}"
-    r = cli("ingest", videos, index, "--encoder", enc, "--quiet", "--workers", "2")
+    r = inproc(capsys, "ingest", videos, index, "--encoder", enc, "--quiet", "--workers", "2")
     assert r.returncode == 0, r.stderr
     assert "2 videos; added 2" in r.stdout and "frames/s" in r.stdout and "videos/min" in r.stdout
     write_video(videos / "trip" / "c.mp4", 3.0, color=(30, 200, 30))
-    r = cli("ingest", videos, index, "--encoder", enc, "--quiet")
+    r = inproc(capsys, "ingest", videos, index, "--encoder", enc, "--quiet")
     assert r.returncode == 0 and "3 videos; added 1" in r.stdout and "2 unchanged" in r.stdout, r.stdout + r.stderr
     (videos / "a.mp4").unlink()
-    r = cli("ingest", videos, index, "--encoder", enc, "--quiet")
+    r = inproc(capsys, "ingest", videos, index, "--encoder", enc, "--quiet")
     assert r.returncode == 0 and "3 videos; added 0" in r.stdout and "--prune" in r.stderr and "a.mp4" in r.stderr
-    r = cli("ingest", videos, index, "--encoder", enc, "--quiet", "--prune")
+    r = inproc(capsys, "ingest", videos, index, "--encoder", enc, "--quiet", "--prune")
     assert r.returncode == 0 and "2 videos" in r.stdout and "1 removed" in r.stdout
     assert sorted(Retriever(index).ids) == ["trip/c.mp4", "trip/day1/b.mp4"]
     assert not (index / THUMBS / thumb_key("a.mp4")).exists()
 
-    r = cli("index", "remove", index, "trip/c.mp4")
+    r = inproc(capsys, "index", "remove", index, "trip/c.mp4")
     assert r.returncode == 0 and "1 left" in r.stdout
     assert Retriever(index).ids == ["trip/day1/b.mp4"] and not (index / THUMBS / thumb_key("trip/c.mp4")).exists()
-    r = cli("index", "remove", index, "nope.mp4")
+    r = inproc(capsys, "index", "remove", index, "nope.mp4")
     assert r.returncode == 2 and "no such video id" in r.stderr
-    r = cli("ingest", videos, index, "--encoder", enc, "--quiet")  # removed, file still there: added back
+    r = inproc(capsys, "ingest", videos, index, "--encoder", enc, "--quiet")  # removed, file still there: added back
     assert r.returncode == 0 and "2 videos; added 1" in r.stdout
     shards = read_manifest(index)["shards"]
     assert len(shards) == len(set(shards)) and all((index / s).is_dir() for s in shards)
