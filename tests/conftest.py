@@ -77,4 +77,4 @@ def _seed():
     np.random.seed(0)
 
 
-from tests.media import own_index, tiny_encoders, video_dir  # noqa: E402, F401  (shared media fixtures)
+from tests.media import ingested, own_index, tiny_encoders, tiny_image_text, video_dir  # noqa: E402, F401  (shared media fixtures)

@@ -81,3 +81,55 @@ def own_index(video_dir, tiny_encoders, tmp_path_factory):
 
     build_index(ckpt, DatasetLayout(root, "mine"), "all", index, progress=False)
     return index
+
+
+def word_tokenizer(words=WORDS, special_tokens: bool = False):
+    """A word-level fast tokenizer over `words` ([CLS] text [SEP] with special_tokens)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if special_tokens:
+        tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                           special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]"), len(vocab)
+
+
+def save_image_text(kind: str, path: Path, seed: int = 0) -> Path:
+    """A tiny randomly initialised CLIPModel or SiglipModel with its tokenizer, saved to `path`."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    torch.manual_seed(seed)
+    tok, n = word_tokenizer(special_tokens=True)
+    text = dict(vocab_size=n, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    if kind == "clip":
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
+    else:
+        model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_image_text(tmp_path_factory):
+    """Tiny image-text checkpoints (image and text towers of one model) saved to disk: {"clip": DIR, "siglip": DIR}."""
+    root = tmp_path_factory.mktemp("image-text")
+    return {k: save_image_text(k, root / k) for k in ("clip", "siglip")}
+
+
+@pytest.fixture(scope="session")
+def ingested(video_dir, tiny_image_text, tmp_path_factory):
+    """`video_dir` ingested with the tiny CLIP (2 fps): the index, and the report."""
+    from prvr.index.ingest import ingest
+
+    index = tmp_path_factory.mktemp("ingested") / "index"
+    rep = ingest(video_dir, index, f"hf:{tiny_image_text['clip']}", fps=2.0, workers=1, progress=False)
+    return index, rep

@@ -21,8 +21,7 @@ def _chromium():
     require_part(bool(CHROMIUM and DRIVER), "chromium/chromedriver")
 
 
-@pytest.fixture(scope="module")
-def server(own_index):
+def _serve(index):
     import uvicorn
 
     from prvr.serve.app import create_app
@@ -30,14 +29,28 @@ def server(own_index):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(own_index), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(index), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
     assert srv.started
-    yield f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{port}", srv, thread
+
+
+@pytest.fixture(scope="module")
+def server(own_index):
+    url, srv, thread = _serve(own_index)
+    yield url
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ingested_server(ingested):
+    url, srv, thread = _serve(ingested[0])
+    yield url
     srv.should_exit = True
     thread.join(timeout=10)
 
@@ -81,7 +94,7 @@ def test_search_page_end_to_end(server, browser):
     wait.until(lambda d: d.execute_script("return arguments[0].readyState", video) >= 1)
     start = float(video.get_attribute("src").split("#t=")[1].split(",")[0])
     wait.until(lambda d: abs(d.execute_script("return arguments[0].currentTime", video) - start) < 0.6)
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit .bar span")) == 3)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit .bar[data-ready]")) == 3)
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "search-page.png"))
     # a bad request shows its one-line message, not a crash
@@ -105,3 +118,50 @@ def test_api_docs_render_offline(server, browser):
     assert {"/search", "/videos/{video_id}"} <= paths
     loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(u.startswith(server) for u in loaded), loaded
+
+
+def test_thumbnails_and_playing_a_moment(ingested_server, browser):
+    """An index made by `prvr ingest`: every hit shows its best frame's thumbnail (a static JPEG), its moments on a
+    timeline and as buttons; a moment's button plays the video from the moment's start and stops at its end."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(ingested_server + "/")
+    browser.find_element(By.ID, "q").send_keys("red ball")
+    browser.find_element(By.ID, "go").click()
+    wait = WebDriverWait(browser, 20)
+    wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "results"))
+    hits = browser.find_elements(By.CSS_SELECTOR, "li.hit")
+    assert {h.get_attribute("data-video-id") for h in hits} == {"red_ball.mp4", "blue_door.mp4", "kitchen.avi"}
+    thumbs = browser.find_elements(By.CSS_SELECTOR, "li.hit img.thumb")
+    assert len(thumbs) == 3 and all("/thumbs/" in t.get_attribute("src") for t in thumbs)
+    wait.until(lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", t) > 0
+                             for t in thumbs))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit .bar[data-ready]")) == 3)
+    hit = next(h for h in hits if h.get_attribute("data-video-id") == "blue_door.mp4")  # 5.2 s, H.264
+    buttons = hit.find_elements(By.CSS_SELECTOR, ".moments button.play")
+    assert 1 <= len(buttons) <= 3 and len(hit.find_elements(By.CSS_SELECTOR, ".bar span")) == len(buttons)
+    button = buttons[-1]
+    start, end = float(button.get_attribute("data-start")), float(button.get_attribute("data-end"))
+    assert end > start
+    video = hit.find_element(By.TAG_NAME, "video")
+    button.click()
+    wait.until(lambda d: d.execute_script("return arguments[0].readyState", video) >= 2)
+    seen = []
+    deadline = time.time() + 10
+    while time.time() < deadline:  # sampled while it plays and after it stopped
+        seen.append(browser.execute_script("return arguments[0].currentTime", video))
+        if browser.execute_script("return arguments[0].paused", video) and seen[-1] > start:
+            break
+        time.sleep(0.05)
+    assert seen and all(start - 0.05 <= t <= end + 0.15 for t in seen[1:]), (start, end, seen)
+    assert browser.execute_script("return arguments[0].paused", video)  # it stopped at the moment's end
+    assert abs(seen[-1] - end) < 0.15
+    browser.save_screenshot(str(ARTIFACTS / "search-page-moments.png"))
+    # the path filter
+    box = browser.find_element(By.ID, "path")
+    box.send_keys("blue")
+    browser.find_element(By.ID, "go").click()
+    wait.until(lambda d: [h.get_attribute("data-video-id") for h in d.find_elements(By.CSS_SELECTOR, "li.hit")]
+               == ["blue_door.mp4"])

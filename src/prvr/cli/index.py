@@ -69,6 +69,20 @@ def index_add(checkpoint: Annotated[Path, typer.Option(help="the checkpoint the 
     _index_cmd(checkpoint, data, out, split.value, collection, feature, device, quiet, True, skip_bad, media_root)
 
 
+@index_app.command("remove")
+def index_remove(index: Annotated[Path, typer.Argument(help="index directory")],
+                 video_ids: Annotated[list[str], typer.Argument(help="video ids to remove")]):
+    """Remove videos from an index (their shards are rewritten; the index stays consistent if killed)."""
+    from prvr.index.store import read_manifest, remove_videos
+
+    manifest = read_manifest(index)
+    m, removed = remove_videos(index, manifest, video_ids)
+    unknown = [v for v in dict.fromkeys(video_ids) if v not in set(removed)]
+    print(f"{index}: removed {len(removed)} video(s); {m['n_videos']} left")
+    if unknown:
+        raise PrvrError(f"{index}: no such video id(s): {', '.join(map(repr, unknown[:10]))}")
+
+
 @index_app.command("ann")
 def index_ann(index: Annotated[Path, typer.Argument(help="index directory")],
               nlist: Annotated[int | None, typer.Option(min=1, max=65536, help="inverted lists (default ~4 sqrt(tokens))")] = None,
@@ -89,6 +103,9 @@ def search(index: Annotated[Path, typer.Argument(help="index directory")],
            top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=MAX_K, help="number of results")] = 10,
            json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
            exact: Annotated[bool, typer.Option(help="score every video even when an ANN stage exists")] = False,
+           path: Annotated[str | None, typer.Option(help="only videos whose file path contains this")] = None,
+           encoder: Annotated[str | None, typer.Option(help="the query encoder you expect (refused when it is not "
+                                                            "the index's)")] = None,
            device: Device = "cpu"):
     """Rank the indexed videos for a query; each hit shows its best moment."""
     from rich.table import Table
@@ -101,8 +118,12 @@ def search(index: Annotated[Path, typer.Argument(help="index directory")],
     if query_id is not None and data is None:
         raise PrvrError("--query-id needs --data ROOT (the dataset holding its features)")
     retriever = Retriever(index, resolve_device(device))
+    if encoder is not None:
+        from prvr.encode.encoders import parse_spec
+
+        retriever.check_query_encoder(parse_spec(encoder))
     tokens = retriever.encode_text(text) if text is not None else retriever.query_features(data, query_id)
-    hits = retriever.search_tokens(tokens, top_k, exact=exact or None)
+    hits = retriever.search_tokens(tokens, top_k, exact=exact or None, path=path)
     if json_out:
         print(json.dumps([h.to_dict() for h in hits], indent=2))
         return

@@ -13,8 +13,10 @@ from prvr.cli.common import Collection, Device, Feature, Root, Split, app, conso
 
 @app.command()
 def extract(videos: Annotated[Path, typer.Argument(help="folder of video files")], root: Root,
-            collection: Collection, frame_encoder: Annotated[str, typer.Option(help="hf:DIR, a local vision checkpoint")],
-            text_encoder: Annotated[str | None, typer.Option(help="hf:DIR, a local text checkpoint + tokenizer")] = None,
+            collection: Collection, frame_encoder: Annotated[str, typer.Option(
+                help="hf:ID_OR_DIR (a vision or image-text checkpoint), efficientnet-lite0, or concepts")],
+            text_encoder: Annotated[str | None, typer.Option(
+                help="hf:ID_OR_DIR (a text checkpoint + tokenizer, or an image-text one), minilm, or concepts")] = None,
             captions: Annotated[Path | None, typer.Option(help="'<video_id> text' or '<video_id>#enc#<n> text' per line")] = None,
             split: Annotated[Split, typer.Option(help="split the captions belong to")] = Split.test,
             fps: Annotated[float, typer.Option(min=0.01, max=1000.0, help="frames sampled per second")] = 1.0,
@@ -79,3 +81,38 @@ def serve(index: Annotated[Path, typer.Argument(help="index directory")],
                   f"video files from: {', '.join(map(str, roots)) or 'nowhere (no --media-root)'}",
                   markup=False, highlight=False)
     run_server(retriever, host, port, settings=settings)
+
+
+@app.command()
+def ingest(videos: Annotated[Path, typer.Argument(help="folder of video files (walked recursively)")],
+           index: Annotated[Path, typer.Argument(help="index directory (created, or extended)")],
+           encoder: Annotated[str, typer.Option(help="concepts (offline default: EfficientNet-Lite0 ImageNet classes "
+                                                     "+ MiniLM), or hf:ID_OR_DIR of an image-text checkpoint "
+                                                     "(CLIPModel, SiglipModel, ...)")] = "concepts",
+           fps: Annotated[float, typer.Option(min=0.01, max=1000.0, help="frames sampled per second")] = 1.0,
+           workers: Annotated[int | None, typer.Option(min=1, max=256, help="decoding processes (default: half "
+                                                                              "the CPU cores)")] = None,
+           prune: Annotated[bool, typer.Option(help="remove indexed videos whose files are gone")] = False,
+           bf16: Annotated[bool, typer.Option(help="encode frames under bf16 autocast (see README for the "
+                                                   "measured agreement with fp32)")] = False,
+           commit_every: Annotated[int, typer.Option(min=1, max=100_000, help="videos per shard (a killed run "
+                                                                                "resumes from the last shard)")] = 16,
+           device: Device = "cpu", quiet: Annotated[bool, typer.Option(help="no progress bar")] = False):
+    """Index a folder of videos for text search, with no captions and no training (resumable, incremental)."""
+    from prvr.device import resolve_device
+    from prvr.index.ingest import ingest as run_ingest
+
+    rep = run_ingest(videos, index, encoder, fps, workers, "bf16" if bf16 else "fp32", prune,
+                     resolve_device(device), progress=not quiet, commit_videos=commit_every)
+    print(f"{index}: {rep.n_videos} videos; added {len(rep.added)} ({rep.frames} frames in "
+                  f"{rep.seconds:.1f} s: {rep.frames_per_second:.1f} frames/s, {rep.videos_per_minute:.1f} "
+                  f"videos/min), {rep.unchanged} unchanged, {len(rep.removed)} removed")
+    if rep.gone:
+        print(f"{len(rep.gone)} indexed video(s) whose files are gone (pass --prune to remove them): "
+              f"{', '.join(rep.gone[:10])}", file=sys.stderr)
+    if rep.failures:
+        print(f"{len(rep.failures)} file(s) could not be indexed (the others were):", file=sys.stderr)
+        for f in rep.failures:
+            print(f"  {f}", file=sys.stderr)
+        raise typer.Exit(2)
+    print(f"search it: prvr search {index} \"a dog on a beach\"   or serve it: prvr serve {index}")

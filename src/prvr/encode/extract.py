@@ -16,12 +16,13 @@ from tqdm import tqdm
 
 from prvr.data.layout import DatasetLayout, read_captions, video_id_of
 from prvr.data.writer import DatasetWriter
-from prvr.encode.encoders import load_frame_encoder, load_text_encoder
+from prvr.encode.encoders import encoder_record, load_frame_encoder, load_text_encoder
 from prvr.encode.video import VIDEO_SUFFIXES, decode
 from prvr.errors import DataError, PrvrError
 from prvr.io import check_writable
 
 _ID = re.compile(r"^[^#\s]+$")
+ENCODERS_FILE = "encoders.json"  # <root>/<collection>/encoders.json: what the features were made with
 
 
 @dataclass
@@ -96,6 +97,7 @@ def extract(videos_dir: Path, root: Path, collection: str, frame_encoder: str, t
         out.set_media_roots([Path(videos_dir)])  # `prvr serve` sends files from under recorded folders only
         if tenc is not None:
             out.set_text_encoder(tenc.spec)
+        out.add_json(ENCODERS_FILE, encoder_record(fenc, tenc, fps))  # specs, preprocessing, package versions
         extracted = set(rep.videos)
         kept = [(c, t) for c, t in caps if video_id_of(c) in extracted]
         rep.failures.extend(f"{captions}: caption {c!r} names a video that was not extracted"

@@ -20,16 +20,31 @@ class DecodedVideo:
     frames: np.ndarray  # (n, H, W, 3) uint8
     times: list[float]  # seconds, presentation time of each sampled frame
     duration: float
+    thumbs: list[bytes] | None = None  # per sampled frame a small JPEG (aspect kept), when asked for
 
 
-def decode(path: str | Path, fps: float = 1.0, size: tuple[int, int] = (224, 224), max_frames: int = 100_000) -> DecodedVideo:
-    """Sample frames every 1/fps seconds (the first frame at or after each tick), resized to size=(W, H)."""
+def jpeg(frame, width: int, quality: int = 75) -> bytes:
+    """A PyAV frame as a small JPEG `width` pixels wide (aspect kept)."""
+    import io
+
+    from PIL import Image
+
+    height = max(2, round(frame.height * width / max(1, frame.width) / 2) * 2)
+    buf = io.BytesIO()
+    Image.fromarray(frame.to_ndarray(width=width, height=height, format="rgb24")).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode(path: str | Path, fps: float = 1.0, size: tuple[int, int] = (224, 224), max_frames: int = 100_000,
+           thumb_width: int | None = None) -> DecodedVideo:
+    """Sample frames every 1/fps seconds (the first frame at or after each tick), resized to size=(W, H); with
+    `thumb_width`, also a JPEG thumbnail of each sampled frame."""
     import av
 
     path = Path(path)
     if fps <= 0:
         raise DataError(f"fps={fps}: expected a positive rate")
-    frames, times = [], []
+    frames, times, thumbs = [], [], []
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -46,6 +61,8 @@ def decode(path: str | Path, fps: float = 1.0, size: tuple[int, int] = (224, 224
                 if t + 1e-6 < next_tick:
                     continue
                 frames.append(frame.to_ndarray(width=size[0], height=size[1], format="rgb24"))
+                if thumb_width:
+                    thumbs.append(jpeg(frame, thumb_width))
                 times.append(t)
                 next_tick = (int(t * fps + 1e-6) + 1) / fps
                 if len(frames) >= max_frames:
@@ -69,4 +86,26 @@ def decode(path: str | Path, fps: float = 1.0, size: tuple[int, int] = (224, 224
                         f"{duration:.2f} s it declares")
     if not duration or duration < last_time:
         duration = last_time + 1.0 / fps
-    return DecodedVideo(np.stack(frames), times, duration)
+    return DecodedVideo(np.stack(frames), times, duration, thumbs if thumb_width else None)
+
+
+def die_with_parent() -> None:
+    """Worker-process initializer (Linux): end this process when its parent dies, even by SIGKILL, so that a
+    killed `prvr ingest` leaves no decoder behind."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def decode_job(path: str, fps: float, size: tuple[int, int], thumb_width: int | None) -> DecodedVideo | str:
+    """`decode` for a worker process: a bad file comes back as its one-line message instead of an exception."""
+    try:
+        return decode(path, fps, size, thumb_width=thumb_width)
+    except DataError as e:
+        return str(e)

@@ -68,6 +68,23 @@ def _check_same_weights(model: PRVRModel, out: Path, checkpoint: Path) -> None:
                               "add with the checkpoint the index was built with, or build a new index")
 
 
+def _encoders_of(layout: DatasetLayout) -> dict:
+    """The encoder record `prvr extract` wrote with the features (specs, preprocessing, versions), if any."""
+    import json
+
+    from prvr.encode.extract import ENCODERS_FILE
+    from prvr.errors import DataError
+
+    path = layout.base / ENCODERS_FILE
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise DataError(f"{path}: not valid JSON ({e.__class__.__name__})") from None
+    return {"encoders": record} if isinstance(record, dict) else {}
+
+
 def build_index(checkpoint: Path, layout: DatasetLayout, split: str, out: Path, device="cpu", shard_size: int = 2048,
                 batch_size: int = 32, resume: bool = True, progress: bool = True, skip_bad: bool = False,
                 warn=None, media_roots: list[str] | None = None) -> dict:
@@ -104,7 +121,7 @@ def build_index(checkpoint: Path, layout: DatasetLayout, split: str, out: Path, 
     try:
         if not exists:
             manifest = create_index(out, checkpoint, cfg.to_dict(), model.token_layouts(), model.score_weights(),
-                                    model.scores_by_max_similarity, text_encoder)
+                                    model.scores_by_max_similarity, text_encoder, extra=_encoders_of(layout))
         return _encode_and_append(model, manifest, layout, split, index, info, roots, out, device, shard_size,
                                   batch_size, progress, skip_bad, warn)
     except BaseException:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,6 +29,8 @@ MAX_K = 1000
 MAX_QUERY_CHARS = 1000
 SCORE_CHUNK = 8192  # token rows converted to float32 at a time
 EXACT_CHUNK = 1024  # videos scored at a time through model.score
+MOMENTS = 3  # distinct moments listed per hit
+MOMENT_HITS = 50  # hits (best first) that get their moments listed
 
 
 def check_query_text(text: str) -> str:
@@ -64,6 +66,10 @@ class Hit:
     end: float | None
     frame_time: float | None  # seconds, best-matching frame
     frames: tuple[int, int]  # raw frame rows [lo, hi) of the moment
+    frame: int | None = None  # raw frame row of the best-matching frame (its thumbnail, when the index has them)
+    # the best few distinct (neither overlapping nor touching) moments of the video, best first; the first is the
+    # hit's own: {start, end, score, frame, frame_time}
+    moments: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,6 +137,16 @@ class Retriever:
         """Token features of several free-text queries, encoded together (one batch through the encoder)."""
         texts = [check_query_text(t) for t in texts]
         return self.text_encoder().encode(texts)
+
+    def check_query_encoder(self, spec: dict | None, what: str = "query encoder") -> None:
+        """Refuse queries encoded otherwise than the index's own text encoder (their vectors would be compared
+        with tokens of another space)."""
+        from prvr.encode.encoders import same_encoder, spec_name
+
+        mine = self.manifest.get("text_encoder")
+        if spec is not None and mine is not None and not same_encoder(spec, mine):
+            raise PrvrError(f"{self.path.name}: {what} {spec_name(spec)} differs from the index's "
+                            f"{spec_name(mine)}; queries must be encoded with the encoder the index was built with")
 
     def text_encoder(self):
         """The text encoder recorded in the index, loaded once (thread-safe) and kept."""
@@ -288,17 +304,21 @@ class Retriever:
 
     # ------------------------------------------------------------------ search
     def search_repr(self, q: QueryRepr, k: int = 10, exact: bool | None = None, candidate_tokens: int | None = None,
-                    candidate_videos: int | None = None, nprobe: int | None = None) -> list[Hit]:
+                    candidate_videos: int | None = None, nprobe: int | None = None,
+                    within: np.ndarray | None = None) -> list[Hit]:
         """Top-k videos for a normalised query representation. With an ANN built (`prvr index ann`) and exact not
         forced, stage 1 takes the `candidate_videos` best by the upper bound of their score over the
         `candidate_tokens` nearest tokens of each query row (searching `nprobe` lists), stage 2 re-ranks them
-        exactly; otherwise every video is scored. Sizes left out follow `prvr.index.ann.ann_sizes`."""
+        exactly; otherwise every video is scored. Sizes left out follow `prvr.index.ann.ann_sizes`. `within`: only
+        these videos (sorted global indices), scored exactly."""
         if not 1 <= k <= MAX_K:
             raise PrvrError(f"k={k}: expected 1 <= k <= {MAX_K}")
         if not self.ids:
             return []
-        videos = None
-        if not exact and self.ann is not None:
+        videos = within
+        if within is not None and not len(within):
+            return []
+        if within is None and not exact and self.ann is not None:
             sizes = self.ann.sizes(candidate_tokens, candidate_videos, nprobe)
             sizes = replace(sizes, tokens=max(sizes.tokens, k), videos=max(sizes.videos, k))
             videos = self.ann.candidates(q, sizes)
@@ -309,23 +329,29 @@ class Retriever:
             raise PrvrError(f"{self.path.name}: non-finite scores (the index or the model is corrupt)")
         top = torch.topk(sc.total, min(k, len(sc.total))).indices
         glob = top.tolist() if videos is None else videos[top.cpu().numpy()].tolist()
-        return [self._hit(g, float(sc.total[t]), {n: float(v[t]) for n, v in sc.sets.items()},
-                          {n: int(v[t]) for n, v in sc.tokens.items()}) for g, t in zip(glob, top.tolist(), strict=True)]
+        return self._with_moments(q, [self._hit(g, float(sc.total[t]), {n: float(v[t]) for n, v in sc.sets.items()},
+                                                {n: int(v[t]) for n, v in sc.tokens.items()})
+                                      for g, t in zip(glob, top.tolist(), strict=True)])
 
-    def search_tokens(self, tokens: np.ndarray, k: int = 10, exact: bool | None = None) -> list[Hit]:
-        return self.search_repr(self.embed(tokens), k, exact)
+    def search_tokens(self, tokens: np.ndarray, k: int = 10, exact: bool | None = None, path: str | None = None
+                      ) -> list[Hit]:
+        return self.search_repr(self.embed(tokens), k, exact, within=None if path is None else
+                                self.videos_matching(path))
 
-    def search(self, text: str, k: int = 10, exact: bool | None = None) -> list[Hit]:
-        """Free-text search."""
-        return self.search_tokens(self.encode_text(text), k, exact)
+    def search(self, text: str, k: int = 10, exact: bool | None = None, path: str | None = None) -> list[Hit]:
+        """Free-text search (`path`: only videos whose file path contains it)."""
+        return self.search_tokens(self.encode_text(text), k, exact, path)
 
     # ------------------------------------------------------------------ several queries at once
-    def search_many(self, texts: list[str], k: int = 10, exact: bool | None = None) -> list[list[Hit]]:
+    def search_many(self, texts: list[str], k: int = 10, exact: bool | None = None, path: str | None = None
+                    ) -> list[list[Hit]]:
         """Free-text search for several queries at once: the texts are encoded as one batch and, on an exact scan,
-        scored as one matrix (every shard is read once for all of them). Hits are those of `search`."""
-        return self.search_tokens_many(self.encode_texts(texts), k, exact)
+        scored as one matrix (every shard is read once for all of them). Hits are those of `search`. `path`: only
+        the videos whose file path contains this substring."""
+        return self.search_tokens_many(self.encode_texts(texts), k, exact, path)
 
-    def search_tokens_many(self, tokens: list[np.ndarray], k: int = 10, exact: bool | None = None) -> list[list[Hit]]:
+    def search_tokens_many(self, tokens: list[np.ndarray], k: int = 10, exact: bool | None = None,
+                           path: str | None = None) -> list[list[Hit]]:
         if not 1 <= k <= MAX_K:
             raise PrvrError(f"k={k}: expected 1 <= k <= {MAX_K}")
         if not tokens:
@@ -333,13 +359,16 @@ class Retriever:
         q = self.embed_many(tokens)
         if not self.ids:
             return [[] for _ in tokens]
-        if self.exact_only or (not exact and self.ann is not None):  # per query: its own candidates or model.score
-            return [self.search_repr(q[i:i + 1], k, exact) for i in range(len(q))]
+        within = None if path is None else self.videos_matching(path)
+        if within is not None or self.exact_only or (not exact and self.ann is not None):
+            # per query: a filtered scan, its own ANN candidates, or model.score
+            return [self.search_repr(q[i:i + 1], k, exact, within=within) for i in range(len(q))]
         sc = self.scores_many(q)  # (V, N) each
         top = torch.topk(sc.total, min(k, len(self.ids)), dim=0).indices  # (k, N)
-        return [[self._hit(int(g), float(sc.total[g, j]), {n: float(v[g, j]) for n, v in sc.sets.items()},
-                           {n: int(v[g, j]) for n, v in sc.tokens.items()}) for g in top[:, j].tolist()]
-                for j in range(len(q))]
+        return [self._with_moments(q[j:j + 1], [
+            self._hit(int(g), float(sc.total[g, j]), {n: float(v[g, j]) for n, v in sc.sets.items()},
+                      {n: int(v[g, j]) for n, v in sc.tokens.items()}) for g in top[:, j].tolist()])
+            for j in range(len(q))]
 
     @torch.no_grad()
     def scores_many(self, q: QueryRepr) -> Scores:
@@ -377,10 +406,11 @@ class Retriever:
 
     def query_features(self, data_root: str | Path, query_id: str) -> np.ndarray:
         """The precomputed token features of caption `query_id` of a dataset in the release layout."""
-        from prvr.data.features import open_query_features
+        from prvr.data.features import open_query_features, read_text_encoder
         from prvr.data.layout import DatasetLayout
 
         layout = DatasetLayout(data_root, self.cfg.data.collection, self.cfg.data.visual_feature)
+        self.check_query_encoder(read_text_encoder(layout), f"the text encoder of {layout.text_dir.name}")
         return open_query_features(layout).get(query_id)
 
     def search_query_id(self, data_root: str | Path, query_id: str, k: int = 10, exact: bool | None = None) -> list[Hit]:
@@ -400,7 +430,7 @@ class Retriever:
         n = int(meta.get("n_raw_frames", 0) or 0)
         token = tokens[self.moment_set]
         lo, hi = self.layouts[self.moment_set].frame_rows(n, token) if n else (token, token + 1)
-        start = end = frame_time = None
+        start = end = frame_time = frame = None
         duration = meta.get("duration")
         if duration and n:
             start, end = lo / n * duration, hi / n * duration
@@ -410,7 +440,62 @@ class Retriever:
             times = meta.get("frame_times")
             if isinstance(times, list) and len(times) == n and f_hi - f_lo == 1:
                 frame_time = float(times[f_lo])
-        return Hit(vid, score, set_scores, tokens, start, end, frame_time, (lo, hi))
+            frame = (f_lo + f_hi - 1) // 2
+        return Hit(vid, score, set_scores, tokens, start, end, frame_time, (lo, hi), frame)
+
+    @torch.no_grad()
+    def moments(self, q: QueryRepr, video_id: str, n: int = MOMENTS) -> list[dict]:
+        """The best `n` distinct moments of one video for one normalised query: the moment set's tokens by their
+        weighted similarity, each kept only if its frames neither overlap nor touch a better one's; each with the
+        best frame inside it (from the frame set)."""
+        si, j = self._where[video_id]
+        shard = self.shards[si]
+        meta = shard.meta[j]
+        n_raw, duration = int(meta.get("n_raw_frames", 0) or 0), meta.get("duration")
+        if self.exact_only or not n_raw or not duration:
+            return []
+        rows = self.scaled_rows(q)
+
+        def token_scores(name: str) -> torch.Tensor:  # (tokens of this video,)
+            st = shard.sets[name]
+            tok = _tensor(np.asarray(st.tokens[st.offsets[j]:st.offsets[j + 1]])).to(self.device).float()
+            return (tok @ rows[name].T).sum(1) if len(rows[name]) else torch.zeros(len(tok), device=self.device)
+
+        layout = self.layouts[self.moment_set]
+        cells = token_scores(self.moment_set)
+        frame_spans, frame_scores = None, None
+        if self.frame_set is not None:
+            frame_scores = token_scores(self.frame_set).tolist()
+            frame_spans = [self.layouts[self.frame_set].frame_rows(n_raw, t) for t in range(len(frame_scores))]
+        times = meta.get("frame_times") if isinstance(meta.get("frame_times"), list) else None
+        out, spans = [], []
+        for t in torch.argsort(cells, descending=True, stable=True).tolist():  # a few dozen tokens: post-processing
+            lo, hi = layout.frame_rows(n_raw, t)
+            if any(lo <= b and a <= hi for a, b in spans):
+                continue
+            spans.append((lo, hi))
+            f_lo, f_hi = lo, hi
+            if frame_spans is not None:  # the best frame token inside the moment
+                inside = [i for i, (a, b) in enumerate(frame_spans) if a < hi and b > lo]
+                if inside:
+                    f_lo, f_hi = frame_spans[max(inside, key=lambda i: frame_scores[i])]
+            frame = (f_lo + f_hi - 1) // 2
+            ft = float(times[frame]) if times is not None and len(times) == n_raw else (frame + 0.5) / n_raw * duration
+            out.append({"start": lo / n_raw * duration, "end": hi / n_raw * duration, "score": float(cells[t]),
+                        "frame": frame, "frame_time": ft})
+            if len(out) == n:
+                break
+        return out
+
+    def _with_moments(self, q: QueryRepr, hits: list[Hit]) -> list[Hit]:
+        for h in hits[:MOMENT_HITS]:
+            h.moments = self.moments(q, h.video_id)
+        return hits
+
+    def videos_matching(self, path: str) -> np.ndarray:
+        """Global indices (sorted) of the videos whose file path (or, without one, id) contains `path`."""
+        return np.array([i for i, v in enumerate(self.ids) if path in str(self.video(v).get("file") or v)],
+                        dtype=np.int64)
 
 
 __all__ = ["Hit", "Retriever"]

@@ -124,13 +124,14 @@ def layouts_of(manifest: dict) -> dict[str, TokenLayout]:
 
 def create_index(path: Path, checkpoint: Path, config: dict, token_sets: dict[str, TokenLayout],
                  score_weights: dict[str, float], normalized: bool, text_encoder: dict | None,
-                 media_roots: list[str] | None = None) -> dict:
+                 media_roots: list[str] | None = None, extra: dict | None = None) -> dict:
+    """`extra`: more manifest entries (e.g. `encoders`: what `prvr ingest` encoded the frames with)."""
     path = make_dirs(path)
     with atomic_path(path / "model.safetensors") as tmp:
         shutil.copyfile(checkpoint, tmp)
     manifest = {"format": FORMAT, "config": config, "token_sets": {k: v.to_dict() for k, v in token_sets.items()},
                 "score_weights": score_weights, "normalized": normalized, "text_encoder": text_encoder,
-                "media_roots": sorted(media_roots or []), "shards": [], "n_videos": 0}
+                "media_roots": sorted(media_roots or []), **(extra or {}), "shards": [], "n_videos": 0}
     write_json_atomic(path / "manifest.json", manifest)
     return manifest
 
@@ -158,7 +159,7 @@ def append_shard(path: Path, manifest: dict, ids: list[str], sets: dict[str, lis
     """Write one shard (temporary dir + rename), then the manifest that lists it. `sets`: per token set, one
     (n_tokens_i, D) array per video."""
     path = Path(path)
-    name = f"shard-{len(manifest['shards']):05d}"
+    name = next_shard_name(manifest)
     with atomic_dir(path / name) as tmp:  # a shard left by a killed run that never reached the manifest is replaced
         for set_name, per_video in sets.items():
             offsets = np.concatenate([[0], np.cumsum([len(t) for t in per_video])]).astype(np.int64)
@@ -169,6 +170,63 @@ def append_shard(path: Path, manifest: dict, ids: list[str], sets: dict[str, lis
     manifest = {**manifest, "shards": manifest["shards"] + [name], "n_videos": manifest["n_videos"] + len(ids)}
     write_json_atomic(path / "manifest.json", manifest)
     return manifest
+
+
+THUMBS = "thumbs"  # INDEX/thumbs/<thumb_key(video id)>/<frame row>.jpg, written by `prvr ingest`
+
+
+def thumb_key(video_id: str) -> str:
+    """The folder name of a video's thumbnails (a hash: video ids may hold any character)."""
+    import hashlib
+
+    return hashlib.sha256(video_id.encode("utf-8")).hexdigest()[:20]
+
+
+def next_shard_name(manifest: dict) -> str:
+    """A name after every listed shard (never one the manifest lists, also after shards were removed)."""
+    numbers = [int(n.rpartition("-")[2]) for n in manifest["shards"] if n.rpartition("-")[2].isdigit()]
+    return f"shard-{max(numbers, default=-1) + 1:05d}"
+
+
+def remove_videos(path: Path, manifest: dict, video_ids: list[str]) -> tuple[dict, list[str]]:
+    """Drop videos from an index: each shard holding one is rewritten without it under a new name (or dropped when
+    nothing is left), the manifest that lists the new shards is written, then the old shard folders are removed.
+    A kill at any point leaves a consistent index. -> (manifest, the ids that were found and removed)."""
+    path, wanted = Path(path), set(video_ids)
+    sets = list(manifest["token_sets"])
+    shards, stale, removed = [], [], []
+    for name in manifest["shards"]:
+        shard = load_shard(path / name, sets)
+        drop = [i for i, v in enumerate(shard.ids) if v in wanted]
+        if not drop:
+            shards.append(name)
+            continue
+        removed.extend(shard.ids[i] for i in drop)
+        stale.append(name)
+        keep = [i for i in range(len(shard.ids)) if i not in set(drop)]
+        if not keep:
+            continue
+        new = next_shard_name({"shards": manifest["shards"] + shards + stale})
+        with atomic_dir(path / new) as tmp:
+            for s, st in shard.sets.items():
+                rows = [np.asarray(st.tokens[st.offsets[i]:st.offsets[i + 1]]) for i in keep]
+                np.save(tmp / f"{s}.tokens.npy", np.concatenate(rows).astype(np.float16))
+                np.save(tmp / f"{s}.offsets.npy", np.concatenate([[0], np.cumsum([len(r) for r in rows])]
+                                                                 ).astype(np.int64))
+            (tmp / "ids.json").write_text(json.dumps([shard.ids[i] for i in keep]), encoding="utf-8")
+            (tmp / "meta.json").write_text(json.dumps([shard.meta[i] for i in keep], allow_nan=False),
+                                           encoding="utf-8")
+        shards.append(new)
+        manifest = {**manifest, "shards": manifest["shards"] + [new]}  # reserved: later names come after it
+    if not removed:
+        return {**manifest, "shards": shards}, []
+    manifest = {**manifest, "shards": shards, "n_videos": manifest["n_videos"] - len(removed)}
+    write_json_atomic(path / "manifest.json", manifest)
+    for name in stale:
+        shutil.rmtree(path / name, ignore_errors=True)
+    for v in removed:
+        shutil.rmtree(path / THUMBS / thumb_key(v), ignore_errors=True)
+    return manifest, removed
 
 
 FINITE_CHUNK = 1 << 24  # float16 values checked at a time (32 MB)

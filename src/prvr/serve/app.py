@@ -34,10 +34,12 @@ from urllib.parse import parse_qsl, urlencode
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from prvr.errors import PrvrError
 from prvr.index.search import MAX_K, MAX_QUERY_CHARS, Retriever
+from prvr.index.store import THUMBS, thumb_key
 from prvr.serve.batcher import Busy, QueryBatcher
 from prvr.serve.media import MediaRoots
 
@@ -203,8 +205,20 @@ class ServeState:
         except PrvrError:
             return None
 
+    def thumb_of(self, video_id: str, frame: int | None) -> str | None:
+        """The URL of a frame's thumbnail (a static file written by `prvr ingest`), when the index has one."""
+        if frame is None or not self.retriever.video(video_id).get("thumbs"):
+            return None
+        return f"/{THUMBS}/{thumb_key(video_id)}/{int(frame)}.jpg"
+
     def _finish(self, hits, k: int) -> list[dict]:
-        return [{**h.to_dict(), "has_file": self.file_of(h.video_id) is not None} for h in hits]
+        out = []
+        for h in hits:
+            d = {**h.to_dict(), "has_file": self.file_of(h.video_id) is not None,
+                 "thumb": self.thumb_of(h.video_id, h.frame)}
+            d["moments"] = [{**m, "thumb": self.thumb_of(h.video_id, m["frame"])} for m in d["moments"]]
+            out.append(d)
+        return out
 
 
 def create_app(index: str | Path | Retriever, device: str = "cpu", settings: ServeSettings | None = None) -> FastAPI:
@@ -227,6 +241,8 @@ def create_app(index: str | Path | Retriever, device: str = "cpu", settings: Ser
     docs = _docs_page(app)
     _routes(app, state, page, docs)
     _error_handlers(app)
+    # thumbnails: small JPEGs under INDEX/thumbs, served as static files (no symlinks followed, no listing)
+    app.mount(f"/{THUMBS}", StaticFiles(directory=retriever.path / THUMBS, check_dir=False), name=THUMBS)
 
     allowed = default_allowed_hosts(settings.host)
     if allowed is not None or settings.allowed_hosts:
@@ -276,34 +292,37 @@ def _routes(app: FastAPI, state: ServeState, page: str, docs: str) -> None:
 
     @app.get("/search", responses=_errors(400, 401, 503))
     async def search(q: str = Query(..., description="free-text query", max_length=100_000),
-                     k: int = Query(10, ge=1, le=MAX_K, description="number of results")) -> dict:
+                     k: int = Query(10, ge=1, le=MAX_K, description="number of results"),
+                     path: str | None = Query(None, max_length=1000, description="only videos whose file path "
+                                                                                "contains this")) -> dict:
         if not q.strip():
             raise HTTPException(400, "empty query")
         if len(q) > MAX_QUERY_CHARS:
             raise HTTPException(400, f"query of {len(q)} characters, expected at most {MAX_QUERY_CHARS}")
         try:
-            hits = await asyncio.wrap_future(state.batcher.submit(q, k))
+            hits = await asyncio.wrap_future(state.batcher.submit(q, k, path or None))
         except Busy as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
-        return {"query": q, "k": k, "hits": hits}
+        return {"query": q, "k": k, "path": path or None, "hits": hits}
 
-    @app.get("/videos/{video_id}", responses=_errors(401, 404))
-    async def video(video_id: str) -> dict:
-        try:
-            meta = retriever.video(video_id)
-        except PrvrError:
-            raise HTTPException(404, f"unknown video id {video_id!r}") from None
-        meta = {k: v for k, v in meta.items() if k not in ("frame_times", "file")}
-        return {**meta, "has_file": state.file_of(video_id) is not None}
-
-    @app.get("/videos/{video_id}/file", responses={200: {"description": "the video file (Range requests: 206)",
-                                                        "content": {"video/*": {}}}, **_errors(401, 404)},
+    # ids made by `prvr ingest` are relative paths (`a/b.mp4`): `:path`; the file route is matched first
+    @app.get("/videos/{video_id:path}/file", responses={200: {"description": "the video file (Range requests: 206)",
+                                                             "content": {"video/*": {}}}, **_errors(401, 404)},
              response_class=FileResponse)
     async def video_file(video_id: str):
         path = state.file_of(video_id)
         if path is None:
             raise HTTPException(404, f"no video file for {video_id!r}")
         return FileResponse(path, media_type=state.media.media_type(path))
+
+    @app.get("/videos/{video_id:path}", responses=_errors(401, 404))
+    async def video(video_id: str) -> dict:
+        try:
+            meta = retriever.video(video_id)
+        except PrvrError:
+            raise HTTPException(404, f"unknown video id {video_id!r}") from None
+        meta = {k: v for k, v in meta.items() if k not in ("frame_times", "file", "size", "mtime_ns")}
+        return {**meta, "has_file": state.file_of(video_id) is not None}
 
 
 def _error_handlers(app: FastAPI) -> None:

@@ -36,13 +36,14 @@ class QueryBatcher:
         self._thread = threading.Thread(target=self._run, name="prvr-search", daemon=True)
         self._thread.start()
 
-    def submit(self, text: str, k: int) -> Future:
+    def submit(self, text: str, k: int, path: str | None = None) -> Future:
+        """`path`: only videos whose file path contains it (queries with the same filter are scored together)."""
         with self._lock:
             if self._pending >= self.max_pending:
                 raise Busy(f"server busy: {self._pending} queries waiting (at most {self.max_pending}); retry later")
             self._pending += 1
         fut: Future = Future()
-        self._queue.put((text, k, fut))
+        self._queue.put((text, k, fut, path))
         return fut
 
     def close(self) -> None:
@@ -66,11 +67,17 @@ class QueryBatcher:
                 batch.append(nxt)
             with self._lock:
                 self._pending -= len(batch)
-            self._process(batch)
+            groups: dict[str | None, list] = {}
+            for item in batch:
+                groups.setdefault(item[3], []).append(item)
+            for group in groups.values():
+                self._process(group)
 
     def _process(self, batch: list) -> None:
+        path = batch[0][3]
         try:
-            results = self.search_many([t for t, _, _ in batch], max(k for _, k, _ in batch))
+            texts, k = [t for t, *_ in batch], max(k for _, k, *_ in batch)
+            results = self.search_many(texts, k) if path is None else self.search_many(texts, k, path=path)
         except Exception as e:  # noqa: BLE001  isolate the query that failed: the others still get answers
             if len(batch) == 1:
                 batch[0][2].set_exception(e)
@@ -80,7 +87,7 @@ class QueryBatcher:
             return
         self.batches += 1
         self.queries += len(batch)
-        for (_, k, fut), hits in zip(batch, results, strict=True):
+        for (_, k, fut, _), hits in zip(batch, results, strict=True):
             try:
                 fut.set_result(self.finish(hits[:k], k))
             except Exception as e:  # noqa: BLE001
