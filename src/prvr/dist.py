@@ -13,6 +13,7 @@ sends to a rank's rows).
 
 from __future__ import annotations
 
+import atexit
 import os
 import warnings
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ def init_from_env(device: torch.device | str = "cpu") -> Dist | None:
     if not tdist.is_initialized():
         tdist.init_process_group(backend, timeout=timedelta(minutes=30))
     _current = Dist(tdist.get_rank(), tdist.get_world_size(), local_rank, backend)
+    atexit.register(shutdown)
     return _current
 
 
