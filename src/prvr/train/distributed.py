@@ -34,7 +34,9 @@ class GlobalBatches:
 
     def __init__(self, query_counts: list[int], batch: int, seed: int, rank: int = 0, world: int = 1):
         n = len(query_counts)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+        g = torch.Generator().manual_seed(seed)
+        torch.empty((), dtype=torch.int64).random_(generator=g)  # the DataLoader's base seed for workers comes first
+        perm = torch.randperm(n, generator=g).tolist()
         self.batches = [perm[i:i + batch] for i in range(0, n, batch)]
         if len(self.batches[-1]) < world:
             self.dropped = len(self.batches.pop())
