@@ -60,7 +60,7 @@ def main() -> None:
     videos, queries, labels = make_inputs(cfg.model, args.videos, args.queries)
     vb, qb = cfg.train.eval_context_bsz, cfg.train.eval_query_bsz
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad(), bf16_autocast(device, args.amp):
         parts = []
         for s in range(0, len(videos), vb):
@@ -80,12 +80,13 @@ def main() -> None:
         metrics = recalls(ranks)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     result = {"model": args.model, "preset": args.preset, "videos": args.videos, "queries": args.queries, "device": str(device),
-              "amp": args.amp, "eval_total_s": round(total, 3), "encode_videos_s": round(t_videos, 3),
+              "amp": args.amp, "eval_total_s": round(total, 3), "eval_cpu_s": round(cpu, 3), "encode_videos_s": round(t_videos, 3),
               "encode_queries_s": round(t_queries, 3), "score_and_rank_s": round(total - t_videos - t_queries, 3),
               "SumR_random_model": round(metrics["SumR"], 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
-    write_result(f"evaluate_{args.preset}{'_' + device.type if device.type != 'cpu' else ''}{'_bf16' if args.amp else ''}", result, args.json)
+    model_tag = "" if args.model == "dreamprvr" else f"{args.model}_"  # DreamPRVR's files keep their names
+    write_result(f"evaluate_{model_tag}{args.preset}{'_' + device.type if device.type != 'cpu' else ''}{'_bf16' if args.amp else ''}", result, args.json)
 
 
 if __name__ == "__main__":

@@ -61,9 +61,9 @@ def main() -> None:
             torch.cuda.synchronize()
 
     step()  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 
@@ -73,12 +73,15 @@ def main() -> None:
         else:
             step()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     result = {"model": args.model, "preset": args.preset, "overrides": args.overrides, "malloc_tuning": not args.no_malloc_tuning, "batch_videos": args.batch_videos, "n_queries": int(batch.labels.numel()),
               "device": str(device), "amp": args.amp, "train_step_s": [round(t, 3) for t in times],
-              "train_step_s_median": round(statistics.median(times), 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+              "train_step_s_median": round(statistics.median(times), 3),
+              "train_step_cpu_s": [round(c, 3) for c in cpu], "train_step_cpu_s_median": round(statistics.median(cpu), 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
     if device.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    write_result(f"train_step_{args.preset}{'_' + device.type if device.type != 'cpu' else ''}{'_bf16' if args.amp else ''}", result, args.json)
+    model_tag = "" if args.model == "dreamprvr" else f"{args.model}_"  # DreamPRVR's files keep their names
+    write_result(f"train_step_{model_tag}{args.preset}{'_' + device.type if device.type != 'cpu' else ''}{'_bf16' if args.amp else ''}", result, args.json)
 
 
 if __name__ == "__main__":

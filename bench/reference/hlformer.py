@@ -8,7 +8,10 @@ original's Lorentz manifold subclasses geoopt's). Writes (see tests/golden/READM
 - ``hlformer-small-seed0.npz``: state, inputs, every encoding, score, loss term and a metric, small model;
 - ``hlformer-steps-seed0.npz``: 10 optimiser steps of the original train loop on recorded batches;
 - ``hlformer-{cha,tvr,act}-seed0.npz``: parameter count and state-dict shapes of the released configs;
-- ``hlformer-authors-small.ckpt``: a checkpoint written by the original's own ``save_ckpt``.
+- ``hlformer-authors-small.ckpt``: a checkpoint written by the original's own ``save_ckpt``;
+- ``hlformer-steps-fp64-seed0.npz``: step 1 of those steps again in float64 (loss terms, gradients);
+- ``hlformer-eval-seed0.npz``: that checkpoint's model evaluated by the original validation on a val split of
+  its own (raw features, caption file, score matrix, recalls), for ``prvr convert-checkpoint`` + ``prvr eval``.
 
 Everything runs on CPU, single-threaded, seeded. The synthetic data is written to a temporary folder in the
 release's on-disk layout (BigFile features, caption files, RoBERTa-style hdf5 token features) and read by the
@@ -357,6 +360,8 @@ def make_steps(orig: SimpleNamespace, tmp: Path, out: Path) -> None:
 
     batches: list[dict[str, Any]] = []
     model.register_forward_pre_hook(lambda _m, args: batches.append(args[0]) if model.training else None)
+    loss_rng: list[torch.Tensor] = []  # the RNG state at each loss call (its triplet draws follow from it)
+    criterion.register_forward_pre_hook(lambda _m, _a: loss_rng.append(torch.get_rng_state()))
     optimizer.register_step_pre_hook(pre_step)
     optimizer.register_step_post_hook(post_step)
 
@@ -415,6 +420,74 @@ def make_steps(orig: SimpleNamespace, tmp: Path, out: Path) -> None:
         validation=val_log, ckpt_epoch=n_epochs - 1, ckpt_model_val=best_val,
     )
     write_npz(out / "hlformer-steps-seed0.npz", arrays, meta)
+    make_steps_fp64(orig, cfg, arrays, batches[0], loss_rng[0], probe.records[0], out)
+
+
+def make_steps_fp64(orig: SimpleNamespace, cfg: dict[str, Any], arrays: dict[str, np.ndarray], batch: dict[str, Any],
+                    rng: torch.Tensor, record: dict[str, Any], out: Path) -> None:
+    """Step 1's loss and gradients again, the original model and loss in float64 (same weights, batch and draws):
+    what the float32 reference values would be without rounding, to tell rounding from a difference of method."""
+    model = orig.get_models(cfg)
+    model.load_state_dict({k[len("init/"):]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("init/")})
+    model.double().train()
+    batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+    criterion = orig.get_losses(cfg)
+    criterion.cfg["use_hard_negative"] = False
+    outputs = model(batch)
+    probe = LossProbe(orig, criterion)
+    torch.set_rng_state(rng)
+    with probe.active():
+        loss = criterion(outputs, batch)
+    loss.backward()
+    rec = probe.records[0]
+    for k, v in record["draws"].items():  # the same negatives as the float32 step
+        assert np.array_equal(v, rec["draws"][k]), k
+    fp64 = {f"loss/{t}": to_np(rec["terms"][t]) for t in TERMS}
+    fp64["loss/total"] = to_np(loss)
+    fp64.update({f"grad1/{n}": to_np(p.grad) for n, p in model.named_parameters() if p.grad is not None})
+    write_npz(out / "hlformer-steps-fp64-seed0.npz", fp64, dict(
+        preset="steps-fp64", seed=0, original_commit=MIRROR_COMMIT, step=1,
+        note="step 1 of hlformer-steps-seed0.npz with model, batch and loss in float64"))
+
+
+# ------------------------------------------------------------------ e) the authors' checkpoint, evaluated
+def make_eval(orig: SimpleNamespace, tmp: Path, out: Path) -> None:
+    """The model of ``hlformer-authors-small.ckpt`` (the steps run after 10 steps, read back from the file) scores
+    a fresh val split through the original validation: 16 videos of 3-300 frames (below, at and above the 32-cell
+    grid and the 128-frame limit) and 58 captions of 3-40 tokens in shuffled file order (two eval batches of 50)."""
+
+    class _Schedule:  # the pickled LR schedule in the optimiser state, never run
+        pass
+
+    with torch.serialization.safe_globals([(_Schedule, "Opts.optimization.WarmupLinearSchedule")]):
+        ckpt = torch.load(out / "hlformer-authors-small.ckpt", map_location="cpu", weights_only=True)
+    cfg = dict(ckpt["config"])
+    rng = np.random.default_rng(2)
+    frames = [3, 20, 31, 32, 33, 47, 48, 64, 127, 128, 129, 150, 191, 192, 255, 300]
+    caps = [4, 3, 5, 2, 4, 3, 4, 5, 3, 4, 2, 5, 3, 4, 4, 3]  # 58 captions
+    val = {f"e{i}": (n, [int(x) for x in rng.integers(3, 41, caps[i])]) for i, n in enumerate(frames)}
+    train = {"f0": (40, [8, 12]), "f1": (90, [10])}  # get_datasets needs a training split
+    raw = make_collection(rng, tmp, "hleval", cfg["visual_feat_dim"], cfg["q_feat_size"], train, val,
+                          shuffle_val=True)
+    data = load_data(orig, cfg, tmp, "hleval")
+    model = orig.get_models(cfg)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    val_criterion = orig.validations.validations(cfg)
+    with torch.no_grad():
+        ctx = val_criterion.compute_context_info(model, data.val_videos)
+        scores, query_metas = val_criterion.compute_query2ctx_info(model, data.val_queries, ctx)
+        recalls = val_criterion(model, data.val_videos, data.val_queries)
+    arrays = {"scores": to_np(scores), "recalls": np.array(recalls[:4], np.float64),
+              "rsum": np.array(recalls[4], np.float64)}
+    arrays.update({f"frames/{v}": raw["frames"][v] for v in val})
+    arrays.update({f"tokens/{c}": raw["tokens"][c] for c in raw["val_caption_order"]})
+    meta = dict(preset="eval", seed=2, original_commit=MIRROR_COMMIT, checkpoint="hlformer-authors-small.ckpt",
+                caption_file_order=raw["val_caption_order"], query_ids=list(query_metas),
+                video_ids=list(ctx["video_metas"]), clip_scale_w=cfg["clip_scale_w"],
+                frame_scale_w=cfg["frame_scale_w"], eval_query_bsz=cfg["eval_query_bsz"],
+                eval_context_bsz=cfg["eval_context_bsz"])
+    write_npz(out / "hlformer-eval-seed0.npz", arrays, meta)
 
 
 # -------------------------------------------------------------------------------------- c) full-width shapes
@@ -458,13 +531,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--original", type=Path, required=True, help="the original release's src/ folder")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--only", choices=["small", "steps", "full"], action="append")
+    ap.add_argument("--only", choices=["small", "steps", "eval", "full"], action="append")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     orig = load_original(args.original.resolve())
     args.out.mkdir(parents=True, exist_ok=True)
-    todo = args.only or ["small", "steps", "full"]
+    todo = args.only or ["small", "steps", "eval", "full"]
     with tempfile.TemporaryDirectory(prefix="hlformer-ref-") as t:
         tmp = Path(t)
         if "small" in todo:
@@ -472,6 +545,8 @@ def main() -> None:
         if "steps" in todo:
             make_steps(orig, tmp, args.out)
             print(check_ckpt(args.out / "hlformer-authors-small.ckpt"))
+        if "eval" in todo:  # reads the checkpoint written by "steps"
+            make_eval(orig, tmp, args.out)
     if "full" in todo:
         print("parameter counts:", make_full(orig, args.out))
     for f in sorted(args.out.glob("hlformer-*")):

@@ -7,6 +7,9 @@ Runs the ORIGINAL code on CPU, imported from a path given on the command line, a
     holmes-{cha,tvr,act}-seed0.npz   (c) full-width state-dict names/shapes + parameter count (meta only);
     holmes-multi-tvr-seed0.npz           for the multi-query tree only its tvr config exists
     holmes[-multi]-authors-small.ckpt (d) the (b) model after its 10 steps, saved by the original's save_ckpt
+    holmes[-multi]-eval-seed0.npz    (e) that model's score matrix on a small corpus in the release layout (the
+                                         raw features are stored, so a test can write the same corpus and run
+                                         `prvr eval --save-scores` on the converted checkpoint)
 
 Usage (one run per source tree; the tree is recognised by its model):
 
@@ -637,6 +640,48 @@ LOSS_TERMS = ("clip_nce", "frame_nce", "clip_trip", "frame_trip", "qdl", "intra_
 
 
 # ----------------------------------------------------------------------------------------------------------
+# (e) the (b) model evaluated on a corpus in the release layout
+
+
+EVAL_CORPUS = dict(lengths=[7, 20, 31, 32, 64, 100, 128, 129, 200, 300, 45, 90],
+                   n_caps=[2, 1, 3, 2, 2, 1, 3, 2, 1, 2, 2, 3], eval_context_bsz=5, eval_query_bsz=7)
+
+
+def make_eval(orig, name: str, work: Path, model, run_cfg: dict) -> tuple[dict, dict]:
+    """The original validation (`validations.compute_context_info` + `compute_query2ctx_info`, as `main.py --eval`
+    runs it on the test split) of the trained (b) model on 12 more videos: raw features, score matrix, recalls.
+    Batches of 5 videos and 7 captions, so the rows follow the original's per-batch sort by token count."""
+    rng = np.random.RandomState(2)
+    E = EVAL_CORPUS
+    dv, dq = STEPS["visual_feat_dim"], STEPS["q_feat_size"]
+    vids, caps = make_videos(rng, "e", E["lengths"], E["n_caps"], dv, dq,
+                             [int(x) for x in rng.randint(3, 36, size=sum(E["n_caps"]))])
+    rng.shuffle(caps)  # caption file order is not video order: columns follow first appearance
+    root = work / f"eval-{name}"
+    cfg = copy.deepcopy(run_cfg)
+    cfg.update(data_root=str(root), root=str(root), eval_context_bsz=E["eval_context_bsz"],
+               eval_query_bsz=E["eval_query_bsz"])
+    write_corpus(root, cfg, vids, {"train": caps, "val": caps, "test": caps})
+    cfg, _, _, _, test_ctx, test_qry = orig.datasets.get_datasets(cfg)
+    model.eval()
+    val = orig.validations.validations(cfg)
+    with torch.no_grad():
+        recalls = val(model, test_ctx, test_qry)
+        info = val.compute_context_info(model, test_ctx)
+        scores, query_metas = val.compute_query2ctx_info(model, test_qry, info)
+    arrays = {f"raw_frames/{v}": f for v, f in vids.items()}
+    arrays.update({f"tokens/{c}": t for c, t in caps})
+    arrays.update({"scores": f32(scores), "recalls": np.asarray(recalls[:4], np.float64)})
+    meta = dict(source="lijun2005/ICML26-Holmes", commit=COMMIT, tree="multisrc" if orig.multi else "src",
+                config_name=name, collection=cfg["collection"], visual_feature=cfg["visual_feature"],
+                caption_ids=[c for c, _ in caps], row_query_ids=list(query_metas),
+                column_video_ids=list(info["video_metas"]), recalls=[float(r) for r in recalls[:5]],
+                eval_context_bsz=E["eval_context_bsz"], eval_query_bsz=E["eval_query_bsz"],
+                checkpoint=f"{'holmes-multi' if orig.multi else 'holmes'}-authors-small.ckpt")
+    return arrays, meta
+
+
+# ----------------------------------------------------------------------------------------------------------
 # (c) full-width shapes, (d) the authors' checkpoint format
 
 
@@ -694,6 +739,10 @@ def main() -> None:
         orig.utils.save_ckpt(extra["model"], extra["optimizer"], extra["cfg"], str(ckpt), extra["epoch"],
                              extra["best_val"])
         check_weights_only(ckpt)
+        # (e) the same model on a corpus in the release layout
+        arrays, meta = make_eval(orig, name, Path(tmp), extra["model"], extra["cfg"])
+        write_npz(args.out / f"{prefix}-eval-seed0.npz", arrays, meta)
+        print(f"{prefix}-eval-seed0.npz: scores {arrays['scores'].shape}, recalls {meta['recalls']}")
     for cfg_name in (["tvr"] if orig.multi else ["cha", "tvr", "act"]):
         meta = full_width(orig, cfg_name)
         write_npz(args.out / f"{prefix}-{cfg_name}-seed0.npz", {}, meta)

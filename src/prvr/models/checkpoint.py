@@ -32,7 +32,13 @@ def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
 def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, train_state: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Write a checkpoint atomically. Non-finite weights are never written (NonFiniteError)."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors, seen = {}, set()
+    for k, v in model.state_dict().items():
+        v = v.detach().contiguous().cpu()
+        if v.data_ptr() in seen:  # one tensor under several names (a module shared by layers): safetensors wants copies
+            v = v.clone()
+        seen.add(v.data_ptr())
+        tensors[k] = v
     bad = nonfinite_tensors(tensors)
     if bad:
         raise NonFiniteError(f"{path}: not written: {len(bad)} weight tensors hold NaN or Inf, e.g. {bad[0]!r}")
@@ -149,9 +155,13 @@ def import_original_checkpoint(src: str | Path, out: str | Path, model_name: str
     check_writable(out, "output checkpoint")
     try:
         mapping = entry.original_config(dict(ckpt["config"]))
+        weights_mapping = entry.original_weights_config(ckpt) if entry.original_weights_config is not None else {}
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
         raise CheckpointError(f"{src}: its config cannot be read as {model_name}'s ({e.__class__.__name__}: {e})") from None
-    cfg = default_config(model_name).apply(mapping, where=f"{src} (config)").check(f"{src} (config)")
+    cfg = default_config(model_name).apply(mapping, where=f"{src} (config)")
+    if weights_mapping:
+        cfg.apply(weights_mapping, where=f"{src} (weights)")
+    cfg.check(f"{src} (config)")
     model = build_model(cfg.model)
     load_weights(model, entry.original_state(ckpt, model), src)
     info = {"imported_from": Path(src).name, "epoch": ckpt.get("epoch"), "model_val": ckpt.get("model_val")}

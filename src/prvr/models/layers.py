@@ -204,3 +204,30 @@ class StackedAttentionBlocks(nn.Module):
         y = torch.add(y, drop(f, p, tr), alpha=dropout_scale(p, tr))
         y = stacked_layer_norm(y, st(lambda b: b.norm2.weight), st(lambda b: b.norm2.bias), self.blocks[0].norm2.eps)
         return y.view(A, B, Lq, D)
+
+
+class BranchFusion(nn.Module):
+    """Per-position learned weights over the A branch outputs (GMMFormer-v2 style, mean weight token)."""
+
+    def __init__(self, dim: int, length: int, n_heads: int, dropout: float, temperature: float):
+        super().__init__()
+        self.cross_attn = AttentionBlock(dim, n_heads, dropout, ffn_mult=1)
+        self.hidden = nn.Linear(dim, dim)
+        self.logits = nn.Linear(dim, length)
+        self.drop = nn.Dropout(dropout)
+        self.temperature = temperature
+
+    def forward(self, outputs: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """outputs (A, B, L, D) -> (B, L, D)."""
+        return torch.einsum("bal,abld->bld", self.branch_weights(outputs, key_mask), outputs)
+
+    def branch_weights(self, outputs: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """outputs (A, B, L, D) -> per-position weights over the branches (B, A, L), summing to 1 over A."""
+        A, B, L, D = outputs.shape
+        summary = outputs.mean(dim=(0, 2))[:, None]  # (B, 1, D) weight token, padding included
+        ctx = outputs.reshape(A * B, L, D)
+        mask = None if key_mask is None else key_mask.repeat(A, 1)  # (A*B, L)
+        u = self.cross_attn(summary.repeat(A, 1, 1), key_mask=mask, context=ctx)  # (A*B, 1, D)
+        u = u.view(A, B, D).transpose(0, 1)  # (B, A, D)
+        w = self.logits(self.drop(torch.relu(self.hidden(u))))  # (B, A, L)
+        return (w / self.temperature).softmax(dim=1)  # over branches

@@ -30,6 +30,9 @@ class ModelEntry:
     # weights-only) -> our state dict for a model built from that config
     original_config: Callable[[dict], dict] | None = None
     original_state: Callable[[dict, PRVRModel], dict[str, torch.Tensor]] | None = None
+    # optional: the authors' checkpoint dict -> run-config values only its weights tell (e.g. which variant of the
+    # model they are), applied over `original_config`
+    original_weights_config: Callable[[dict], dict] | None = None
 
     def preset_names(self) -> list[str]:
         return sorted(p.name[:-5] for p in resources.files(self.presets).iterdir() if p.name.endswith(".yaml"))

@@ -6,7 +6,13 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from prvr.models.layers import AttentionBlock, Projection, StackedAttentionBlocks, gaussian_kernel
+from prvr.models.layers import (
+    AttentionBlock,
+    BranchFusion,
+    Projection,
+    StackedAttentionBlocks,
+    gaussian_kernel,
+)
 
 
 class RegisterCondition(nn.Module):
@@ -25,30 +31,6 @@ class RegisterCondition(nn.Module):
 def branch_widths(attention_num: int) -> list[float | None]:
     """Branch 0 plain, then Gaussian widths 2^-2, 2^-1, ... (0.25 ... 16 for 8 branches)."""
     return [None] + [2.0**k for k in range(-2, attention_num - 3)]
-
-
-class BranchFusion(nn.Module):
-    """Per-position learned weights over the A branch outputs (GMMFormer-v2 style, mean weight token)."""
-
-    def __init__(self, dim: int, length: int, n_heads: int, dropout: float, temperature: float):
-        super().__init__()
-        self.cross_attn = AttentionBlock(dim, n_heads, dropout, ffn_mult=1)
-        self.hidden = nn.Linear(dim, dim)
-        self.logits = nn.Linear(dim, length)
-        self.drop = nn.Dropout(dropout)
-        self.temperature = temperature
-
-    def forward(self, outputs: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        """outputs (A, B, L, D) -> (B, L, D)."""
-        A, B, L, D = outputs.shape
-        summary = outputs.mean(dim=(0, 2))[:, None]  # (B, 1, D) weight token, padding included
-        ctx = outputs.reshape(A * B, L, D)
-        mask = None if key_mask is None else key_mask.repeat(A, 1)  # (A*B, L)
-        u = self.cross_attn(summary.repeat(A, 1, 1), key_mask=mask, context=ctx)  # (A*B, 1, D)
-        u = u.view(A, B, D).transpose(0, 1)  # (B, A, D)
-        w = self.logits(self.drop(torch.relu(self.hidden(u))))  # (B, A, L)
-        weights = (w / self.temperature).softmax(dim=1)  # over branches
-        return torch.einsum("bal,abld->bld", weights, outputs)
 
 
 class RegisterGaussianAttention(nn.Module):

@@ -1,0 +1,159 @@
+"""HLFormer (ICCV 2025): hybrid Euclidean and Lorentz attention over clips and frames, and a partial order
+("text entails in video") preserved in hyperbolic space by the training loss."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prvr.models.base import PRVRModel, QueryRepr, TokenLayout, TokenSet, VideoRepr
+from prvr.models.hlformer.attention import HLFormerBlock
+from prvr.models.hlformer.config import HLFormerConfig
+from prvr.models.hlformer.lorentz import LorentzManifold, exp_map0
+from prvr.models.layers import AttentionBlock, PositionalEncoding, Projection
+
+
+@dataclass
+class TrainOutputs:
+    query: torch.Tensor  # (N, D) first query pass: the similarity scores
+    query_second: torch.Tensor  # (N, D) second pass (the original encodes twice): diversity and partial order
+    clip: torch.Tensor  # (B, Kc, D) clip-scale video tokens
+    frame: torch.Tensor  # (B, F, D) frame-scale video tokens, zero at padded positions
+    frame_mask: torch.Tensor  # (B, F)
+    curv: torch.Tensor  # () curvature of the hyperbolic space of the partial-order loss
+    hyp_query: torch.Tensor  # (N, D) query points on that hyperboloid (space components)
+    hyp_video: torch.Tensor  # (B, D) video points
+
+
+SETS = ("clip", "frame")
+
+
+class HLFormer(PRVRModel):
+    config_class = HLFormerConfig
+    cfg: HLFormerConfig
+
+    def __init__(self, cfg: HLFormerConfig):
+        super().__init__(cfg)
+        D, h, p_in, p = cfg.hidden_size, cfg.n_heads, cfg.input_drop, cfg.drop
+        self.manifold = LorentzManifold()  # shared by every Lorentz layer
+        # query branch
+        self.query_proj = Projection(cfg.text_dim, D, p_in)
+        self.query_pos = PositionalEncoding(cfg.max_desc_l, D, p_in)
+        self.query_encoder = AttentionBlock(D, h, p)
+        self.query_pooling = nn.Linear(D, 1, bias=False)
+        # video branches: clip scale (glance) and frame scale (gaze)
+        block = dict(n_heads=h, dropout=p, lorentz_dim=cfg.lorentz_dim, per_space=cfg.branches_per_space,
+                     temperature=cfg.sft_factor, manifold=self.manifold, spaces=cfg.attention_spaces,
+                     fusion=cfg.branch_fusion)
+        self.clip_proj = Projection(cfg.visual_dim, D, p_in)
+        self.clip_pos = PositionalEncoding(cfg.max_ctx_l, D, p_in)  # the original allocates max_ctx_l rows, uses 32
+        self.clip_encoder = HLFormerBlock(D, cfg.map_size, **block)
+        self.frame_proj = Projection(cfg.visual_dim, D, p_in)
+        self.frame_pos = PositionalEncoding(cfg.max_ctx_l, D, p_in)
+        self.frame_encoder = HLFormerBlock(D, cfg.max_ctx_l, **block)
+        # video pooling and the hyperbolic space of the partial-order loss (training only)
+        self.clip_pooling = nn.Linear(D, 1, bias=False)
+        self.frame_pooling = nn.Linear(D, 1, bias=False)
+        self.curv = nn.Parameter(torch.tensor(float(cfg.curv_init)).log(), requires_grad=cfg.learn_curv)
+        self.textual_alpha = nn.Parameter(torch.tensor(D**-0.5).log())
+        self.video_alpha = nn.Parameter(torch.tensor(D**-0.5).log())
+        self.curv_range = (math.log(cfg.curv_init / 10), math.log(cfg.curv_init * 10))
+        self.reset_parameters()
+
+    def set_recompute(self, videos: int) -> None:
+        """Trade compute for memory in training: recompute the branch banks' activations in the backward pass,
+        `videos` videos at a time (0: keep them). Results are unchanged."""
+        self.clip_encoder.recompute_videos = self.frame_encoder.recompute_videos = max(0, int(videos))
+
+    def reset_parameters(self) -> None:
+        """Every Linear/Embedding weight N(0, 0.02) and bias 0 (the Lorentz linear maps included), LayerNorm 1/0;
+        the scalar parameters keep their constructor values. Applied over the whole model, as in the original."""
+        std = self.cfg.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, std)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ---------------------------------------------------------------- the contract
+    def token_layouts(self) -> dict[str, TokenLayout]:
+        return {"clip": TokenLayout(self.cfg.map_size),
+                "frame": TokenLayout(self.cfg.max_ctx_l, ragged=True, pads_score_zero=True)}
+
+    def score_weights(self) -> dict[str, float]:
+        return {"clip": self.cfg.clip_scale_w, "frame": self.cfg.frame_scale_w}
+
+    def encode_queries(self, batch) -> QueryRepr:
+        return QueryRepr.single(self.query_embedding(batch.text, batch.text_mask), SETS)
+
+    def encode_videos(self, batch) -> VideoRepr:
+        clip, frame, frame_mask = self.video_tokens(batch.clip, batch.frames, batch.frame_mask)
+        return VideoRepr({"clip": TokenSet(clip), "frame": TokenSet(frame, frame_mask)})
+
+    def forward_train(self, batch) -> TrainOutputs:
+        return self(batch.clip, batch.frames, batch.frame_mask, batch.text, batch.text_mask)
+
+    # ---------------------------------------------------------------- encoders
+    def query_embedding(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """text (N, Lq, Dq), text_mask (N, Lq) -> query embedding (N, D): masked attention pooling of the tokens."""
+        x = self.query_encoder(self.query_pos(self.query_proj(text)), key_mask=text_mask)  # (N, Lq, D)
+        logits = self.query_pooling(x).squeeze(-1)  # (N, Lq)
+        logits = logits * text_mask + (1 - text_mask) * -1e10
+        return torch.einsum("nl,nld->nd", logits.softmax(dim=-1), x)
+
+    def _pad_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor):
+        F_max = self.cfg.max_ctx_l
+        n = frames.shape[1]
+        if n > F_max:
+            raise ValueError(f"{n} frames exceed max_ctx_l={F_max}; sample frames first (prvr.data.frame_sequence)")
+        if n < F_max:  # the frame block has one fusion logit per position: always max_ctx_l of them
+            frames = F.pad(frames, (0, 0, 0, F_max - n))
+            frame_mask = F.pad(frame_mask, (0, F_max - n))
+        return frames, frame_mask  # (B, F, Dv), (B, F)
+
+    def video_tokens(self, clip: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor):
+        """clip (B, Kc, Dv), frames (B, F<=max_ctx_l, Dv), frame_mask (B, F) -> clip tokens (B, Kc, D),
+        frame tokens (B, max_ctx_l, D) zero at padding, frame mask (B, max_ctx_l)."""
+        frames, frame_mask = self._pad_frames(frames, frame_mask)
+        clip_out = self.clip_encoder(self.clip_pos(self.clip_proj(clip)))  # (B, Kc, D)
+        frame_out = self.frame_encoder(self.frame_pos(self.frame_proj(frames)), frame_mask)  # (B, F, D)
+        return clip_out, frame_out * frame_mask[..., None], frame_mask
+
+    # ---------------------------------------------------------------- hyperbolic embeddings (training)
+    @staticmethod
+    def _attention_pool(tokens: torch.Tensor, scorer: nn.Linear) -> torch.Tensor:
+        """Softmax over all positions (padding included, as in the original) -> (B, D)."""
+        return torch.einsum("bl,bld->bd", scorer(tokens).squeeze(-1).softmax(dim=-1), tokens)
+
+    def clamp_hyperbolic(self) -> None:
+        """In place, at each training forward as in the original: curvature within [c0/10, 10 c0] (log scale) and
+        the scales exp(alpha) <= 1 (so they never up-scale the norms)."""
+        with torch.no_grad():
+            self.curv.clamp_(*self.curv_range)
+            self.textual_alpha.clamp_(max=0.0)
+            self.video_alpha.clamp_(max=0.0)
+
+    def hyperbolic(self, query: torch.Tensor, clip: torch.Tensor, frame: torch.Tensor):
+        """-> curvature (), query points (N, D), video points (B, D) (space components, exponential map at 0)."""
+        curv = self.curv.exp()
+        hyp_query = exp_map0(query * self.textual_alpha.exp(), curv)
+        video = (self._attention_pool(frame, self.frame_pooling) + self._attention_pool(clip, self.clip_pooling)) / 2
+        return curv, hyp_query, exp_map0(video * self.video_alpha.exp(), curv)
+
+    # ---------------------------------------------------------------- training
+    def forward(self, clip, frames, frame_mask, text, text_mask) -> TrainOutputs:
+        """Training pass: all the tensors the losses need. The original encodes the queries twice (different
+        dropout masks); `single_query_pass=True` reuses the first pass."""
+        clip_out, frame_out, frame_mask = self.video_tokens(clip, frames, frame_mask)
+        query = self.query_embedding(text, text_mask)  # (N, D)
+        second = query if self.cfg.single_query_pass else self.query_embedding(text, text_mask)
+        self.clamp_hyperbolic()
+        curv, hyp_query, hyp_video = self.hyperbolic(second, clip_out, frame_out)
+        return TrainOutputs(query, second, clip_out, frame_out, frame_mask, curv, hyp_query, hyp_video)

@@ -1,0 +1,241 @@
+"""Holmes: Gaussian-mixture attention encoders at clip and frame scale (the HLFormer / DreamPRVR skeleton without
+registers), scored by a pooled query or, in the multi-query form, by weighted query tokens at frame scale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from prvr.models.base import PRVRModel, QueryRepr, TokenLayout, TokenSet, VideoRepr, max_similarity_scores
+from prvr.models.holmes.config import HolmesConfig
+from prvr.models.layers import (
+    AttentionBlock,
+    BranchFusion,
+    PositionalEncoding,
+    Projection,
+    StackedAttentionBlocks,
+    gaussian_kernel,
+)
+from prvr.models.losses import max_similarity
+
+SETS = ("clip", "frame")
+SCORE_BLOCK = 1 << 26  # similarities held at once when a query has many rows (multi form): 256 MB of float32
+
+
+@dataclass
+class TrainOutputs:
+    """What Holmes' loss needs from one training forward pass."""
+
+    query: torch.Tensor  # (N, D) pooled query of the scoring pass
+    query_second: torch.Tensor  # (N, D) second pass (the original encodes twice): POT pseudo labels, query diversity
+    clip: torch.Tensor  # (B, Kc, D) clip-scale video tokens
+    frame: torch.Tensor  # (B, F, D) frame-scale video tokens, zero at padded positions
+    frame_mask: torch.Tensor  # (B, F)
+    clip_scores: torch.Tensor  # (N, B) max cosine over clips
+    clip_scores_raw: torch.Tensor  # (N, B) max dot product (the NCE terms)
+    frame_scores: torch.Tensor  # (N, B) max cosine over frames (multi: weighted over query tokens)
+    frame_scores_raw: torch.Tensor  # (N, B)
+
+
+def branch_widths(attention_num: int) -> list[float | None]:
+    """Branch 0 plain, then Gaussian widths 2^-1, 2^0, ... (0.5 ... 32 for 8 branches)."""
+    return [None] + [2.0**k for k in range(-1, attention_num - 2)]
+
+
+class GaussianMixtureAttention(nn.Module):
+    """The DyGMM block: A parallel self-attention branches over a fixed-length sequence (L = 32 clips or 128 frames),
+    one plain and the rest with a multiplicative Gaussian prior on the logits, mixed per position by learned weights
+    (a cross-attention from the mean of all branch outputs, padded positions included)."""
+
+    def __init__(self, dim: int, length: int, n_heads: int, dropout: float, attention_num: int, temperature: float):
+        super().__init__()
+        self.length = length
+        self.recompute_videos = 0  # > 0: keep no branch activations, recompute them in backward, so many videos at a time
+        self.branches = StackedAttentionBlocks(attention_num, dim, n_heads, dropout)
+        self.fusion = BranchFusion(dim, length, n_heads, dropout, temperature)
+        ones = torch.ones(length, length)
+        kernels = [ones if w is None else gaussian_kernel(length, w) for w in branch_widths(attention_num)]
+        self.register_buffer("gaussian", torch.stack(kernels), persistent=False)  # (A, L, L)
+
+    def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L, D), key_mask (B, L) or None -> (B, L, D)."""
+        if tokens.shape[1] != self.length:
+            raise ValueError(f"expected {self.length} tokens, got {tokens.shape[1]}")
+        n = self.recompute_videos
+        if not n or not torch.is_grad_enabled():
+            return self._attend(tokens, key_mask)
+        # activation checkpointing over chunks of videos: backward recomputes one chunk at a time (same dropout
+        # masks: the RNG state is replayed), so the branch activations never exist for the whole batch
+        return torch.cat([checkpoint(self._attend, tokens[i:i + n], None if key_mask is None else key_mask[i:i + n],
+                                     use_reentrant=False) for i in range(0, len(tokens), n)])
+
+    def _attend(self, tokens: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        outputs = self.branches(tokens, tokens, key_mask, self.gaussian)  # (A, B, L, D)
+        return self.fusion(outputs, key_mask)
+
+
+class TokenWeights(nn.Module):
+    """Importance of each query token (multi form): softmax over real tokens of Linear -> ReLU -> Linear."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.hidden = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, 1)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens (N, Lq, D), mask (N, Lq) -> weights (N, Lq), 0 at padded tokens."""
+        logits = self.out(F.relu(self.hidden(tokens))).squeeze(-1)  # (N, Lq)
+        return logits.masked_fill(mask == 0, float("-inf")).softmax(dim=-1)
+
+
+class Holmes(PRVRModel):
+    config_class = HolmesConfig
+    cfg: HolmesConfig
+
+    def __init__(self, cfg: HolmesConfig):
+        super().__init__(cfg)
+        D, h, p_in, p = cfg.hidden_size, cfg.n_heads, cfg.input_drop, cfg.drop
+        # query branch
+        self.query_proj = Projection(cfg.text_dim, D, p_in)
+        self.query_pos = PositionalEncoding(cfg.max_desc_l, D, p_in)
+        self.query_encoder = AttentionBlock(D, h, p)
+        self.query_pooling = nn.Linear(D, 1, bias=False)
+        if cfg.query_form == "multi":  # the frame branch's own query tokens (shares the position table)
+            self.frame_query_proj = Projection(cfg.text_dim, D, p_in)
+            self.frame_query_encoder = AttentionBlock(D, h, p)
+            self.token_weights = TokenWeights(D)
+        # video branches
+        self.clip_proj = Projection(cfg.visual_dim, D, p_in)
+        self.clip_pos = PositionalEncoding(cfg.clip_pos_len, D, p_in)
+        self.frame_proj = Projection(cfg.visual_dim, D, p_in)
+        self.frame_pos = PositionalEncoding(cfg.max_ctx_l, D, p_in)
+        branch = dict(n_heads=h, dropout=p, attention_num=cfg.attention_num, temperature=cfg.sft_factor)
+        self.clip_branch = GaussianMixtureAttention(D, cfg.map_size, **branch)
+        self.frame_branch = GaussianMixtureAttention(D, cfg.max_ctx_l, **branch)
+        # In the authors' state dict, never used (the block computes its own weight token) and never updated; kept
+        # so their checkpoints load one-to-one and the parameter count is theirs. Frozen: no optimiser state.
+        self.weight_token = nn.Parameter(torch.randn(1, 1, D), requires_grad=False)
+        self.reset_parameters()
+
+    def set_recompute(self, videos: int) -> None:
+        """Trade compute for memory in training: recompute the frame branch bank's activations in the backward
+        pass, `videos` videos at a time (0: keep them). Results are unchanged. The clip bank (32 positions against
+        the frames' 128) keeps its activations: recomputing it as well saves about a tenth of the step's memory
+        for about 5 % more time, and Holmes has no register work for the recompute to hide behind."""
+        self.frame_branch.recompute_videos = max(0, int(videos))
+
+    def reset_parameters(self) -> None:
+        """Linear/Embedding N(0, 0.02), biases 0, LayerNorm 1/0 over the whole model, as in the original."""
+        std = self.cfg.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, std)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ---------------------------------------------------------------- the contract
+    def token_layouts(self) -> dict[str, TokenLayout]:
+        return {"clip": TokenLayout(self.cfg.map_size),
+                "frame": TokenLayout(self.cfg.max_ctx_l, ragged=True, pads_score_zero=True)}
+
+    def score_weights(self) -> dict[str, float]:
+        return {"clip": self.cfg.clip_scale_w, "frame": self.cfg.frame_scale_w}
+
+    def encode_queries(self, batch) -> QueryRepr:
+        """single: the pooled query against both sets. multi: the pooled query against clips, then one row per
+        query token against frames, weighted by the token weights of the normalised tokens."""
+        query = self.query_embedding(batch.text, batch.text_mask)  # (N, D)
+        if self.cfg.query_form == "single":
+            return QueryRepr.single(query, SETS)
+        tokens = self.frame_query_tokens(batch.text, batch.text_mask)  # (N, Lq, D)
+        weights = self.token_weights(F.normalize(tokens, dim=-1), batch.text_mask)  # (N, Lq)
+        N, Lq, _ = tokens.shape
+        return QueryRepr(torch.cat([query[:, None], tokens], dim=1), torch.cat([weights.new_ones(N, 1), weights], 1),
+                         ("clip",) + ("frame",) * Lq)
+
+    def encode_videos(self, batch) -> VideoRepr:
+        clip, frame, frame_mask = self.video_tokens(batch.clip, batch.frames, batch.frame_mask)
+        return VideoRepr({"clip": TokenSet(clip), "frame": TokenSet(frame, frame_mask)})
+
+    def set_scores(self, queries: QueryRepr, videos: VideoRepr) -> dict[str, torch.Tensor]:
+        """The weighted max-similarity of the contract, in blocks of videos when the queries have many rows (the
+        multi form's (N, 1 + Lq, B, L) similarities would not fit in memory at evaluation size)."""
+        q, v = queries.normalize(), videos.normalize()
+        layouts = self.token_layouts()
+        longest = max(s.tokens.shape[1] for s in v.sets.values())
+        per = max(1, SCORE_BLOCK // max(1, q.vectors.shape[0] * q.vectors.shape[1] * longest))
+        if per >= len(v):
+            return max_similarity_scores(q, v, layouts)
+        parts = [max_similarity_scores(q, v.map(lambda t, a=a: t[a:a + per]), layouts) for a in range(0, len(v), per)]
+        return {name: torch.cat([p[name] for p in parts], dim=1) for name in layouts}
+
+    def forward_train(self, batch) -> TrainOutputs:
+        return self(batch.clip, batch.frames, batch.frame_mask, batch.text, batch.text_mask)
+
+    # ---------------------------------------------------------------- query side
+    def query_embedding(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """text (N, Lq, Dq), text_mask (N, Lq) -> pooled query (N, D)."""
+        x = self.query_encoder(self.query_pos(self.query_proj(text)), key_mask=text_mask)  # (N, Lq, D)
+        logits = self.query_pooling(x).squeeze(-1)  # (N, Lq)
+        logits = logits * text_mask + (1 - text_mask) * -1e10
+        return torch.einsum("nl,nld->nd", logits.softmax(dim=-1), x)
+
+    def frame_query_tokens(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Multi form: the frame branch's query tokens (N, Lq, D), padded positions included."""
+        return self.frame_query_encoder(self.query_pos(self.frame_query_proj(text)), key_mask=text_mask)
+
+    def token_wise_scores(self, tokens: torch.Tensor, text_mask: torch.Tensor, frames: torch.Tensor,
+                          normalize: bool) -> torch.Tensor:
+        """Multi form's frame score: sum over query tokens t of w_t * max_f <q_t, frame_f> -> (N, B). The token
+        weights come from the tokens as scored (normalised or raw); padded frames are zero vectors, so they enter
+        the max with 0, as in the original."""
+        if normalize:
+            tokens, frames = F.normalize(tokens, dim=-1), F.normalize(frames, dim=-1)
+        weights = self.token_weights(tokens, text_mask)  # (N, Lq)
+        best = torch.einsum("ntd,bfd->nbtf", tokens, frames).max(dim=-1).values  # (N, B, Lq)
+        return torch.einsum("nbt,nt->nb", best, weights)
+
+    # ---------------------------------------------------------------- video side
+    def _pad_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor):
+        F_max = self.cfg.max_ctx_l
+        n = frames.shape[1]
+        if n > F_max:
+            raise ValueError(f"{n} frames exceed max_ctx_l={F_max}; sample frames first (prvr.data.frame_sequence)")
+        if n < F_max:
+            frames = F.pad(frames, (0, 0, 0, F_max - n))
+            frame_mask = F.pad(frame_mask, (0, F_max - n))
+        return frames, frame_mask  # (B, F, Dv), (B, F)
+
+    def video_tokens(self, clip: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor):
+        """clip (B, Kc, Dv), frames (B, F<=max_ctx_l, Dv), frame_mask (B, F) -> clip tokens (B, Kc, D), frame
+        tokens (B, max_ctx_l, D) zero at padding, frame mask (B, max_ctx_l). The clip branch has no mask."""
+        frames, frame_mask = self._pad_frames(frames, frame_mask)
+        clip_out = self.clip_branch(self.clip_pos(self.clip_proj(clip)))  # (B, Kc, D)
+        frame_out = self.frame_branch(self.frame_pos(self.frame_proj(frames)), frame_mask)  # (B, F, D)
+        return clip_out, frame_out * frame_mask[..., None], frame_mask
+
+    # ---------------------------------------------------------------- training
+    def forward(self, clip, frames, frame_mask, text, text_mask) -> TrainOutputs:
+        """Training pass, in the original's order: videos, the scoring query pass (and the frame query tokens), then
+        a second query pass for POT and query diversity (`single_query_pass=True` reuses the first)."""
+        clip_out, frame_out, frame_mask = self.video_tokens(clip, frames, frame_mask)
+        query = self.query_embedding(text, text_mask)  # (N, D)
+        clip_scores = max_similarity(query, clip_out, normalize=True)  # (N, B)
+        clip_raw = max_similarity(query, clip_out, normalize=False)
+        if self.cfg.query_form == "multi":
+            tokens = self.frame_query_tokens(text, text_mask)  # (N, Lq, D)
+            frame_scores = self.token_wise_scores(tokens, text_mask, frame_out, normalize=True)
+            frame_raw = self.token_wise_scores(tokens, text_mask, frame_out, normalize=False)
+        else:
+            frame_scores = max_similarity(query, frame_out, normalize=True)
+            frame_raw = max_similarity(query, frame_out, normalize=False)
+        second = query if self.cfg.single_query_pass else self.query_embedding(text, text_mask)
+        return TrainOutputs(query, second, clip_out, frame_out, frame_mask, clip_scores, clip_raw, frame_scores,
+                            frame_raw)
