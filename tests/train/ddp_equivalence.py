@@ -52,9 +52,9 @@ def local_share(batch: Batch, counts: list[int], rank: int, world: int) -> tuple
                  batch.text_mask[q0:q1], batch.labels[q0:q1] - v0), v0, q0
 
 
-def main(out: str) -> None:
+def main(out: str, model_name: str) -> None:
     d = dist.init_from_env("cpu")
-    cfg = load_preset("tiny")
+    cfg = load_preset("tiny", model_name)
     cfg.model.drop = cfg.model.input_drop = 0.0
     cfg.train.batch_videos = B
     torch.manual_seed(0)
@@ -97,4 +97,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
