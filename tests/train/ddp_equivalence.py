@@ -18,14 +18,14 @@ from prvr.data.datasets import Batch
 from prvr.models import build_loss, build_model
 from prvr.models.base import BatchShare, TrainStep
 from prvr.models.presets import load_preset
-from prvr.train.distributed import gather_outputs, wrap
+from prvr.train.distributed import gather_outputs, local_part, wrap
 from prvr.train.loop import train_step
 from prvr.train.optim import make_optimizer
 
 B, STEPS = 7, 2
 
 
-def global_batch(cfg, seed: int) -> tuple[Batch, list[int]]:
+def global_batch(cfg, seed: int) -> Batch:
     """B videos with 1-3 queries each; frames of different lengths."""
     g = torch.Generator().manual_seed(seed)
     counts = torch.randint(1, 4, (B,), generator=g).tolist()
@@ -39,17 +39,7 @@ def global_batch(cfg, seed: int) -> tuple[Batch, list[int]]:
     text = torch.randn(N, 6, cfg.text_dim, generator=g)
     text_mask = (torch.arange(6)[None] < torch.randint(2, 7, (N,), generator=g)[:, None]).float()
     labels = torch.tensor([b for b, c in enumerate(counts) for _ in range(c)])
-    return Batch(torch.randn(B, cfg.map_size, cfg.visual_dim, generator=g), frames, mask, text, text_mask,
-                 labels), counts
-
-
-def local_share(batch: Batch, counts: list[int], rank: int, world: int) -> tuple[Batch, int, int]:
-    sizes = dist.split_sizes(B, world)
-    v0 = sum(sizes[:rank])
-    v1 = v0 + sizes[rank]
-    q0, q1 = sum(counts[:v0]), sum(counts[:v1])
-    return Batch(batch.clip[v0:v1], batch.frames[v0:v1], batch.frame_mask[v0:v1], batch.text[q0:q1],
-                 batch.text_mask[q0:q1], batch.labels[q0:q1] - v0), v0, q0
+    return Batch(torch.randn(B, cfg.map_size, cfg.visual_dim, generator=g), frames, mask, text, text_mask, labels)
 
 
 def main(out: str, model_name: str) -> None:
@@ -69,12 +59,11 @@ def main(out: str, model_name: str) -> None:
     err = {"loss": 0.0, "terms": 0.0, "grad": 0.0, "weights": 0.0, "plain_grad": 0.0}
     terms_seen: list[str] = []
     for step in range(STEPS):
-        batch, counts = global_batch(cfg.model, 100 + step)
-        local, v0, q0 = local_share(batch, counts, d.rank, d.world)
+        batch = global_batch(cfg.model, 100 + step)
         ts = lambda g, hard=step == 1: TrainStep(0, hard_negative=hard, generator=g)  # noqa: E731
         g_ref, g_ddp, g_plain = (torch.Generator().manual_seed(7 + step) for _ in range(3))
         ref_loss, ref_terms = train_step(reference, criterion, ref_opt, batch, ts(g_ref), share=BatchShare(g_ref))
-        share = BatchShare(g_ddp, v0, B, q0, len(batch.labels))
+        local, share = local_part(batch, g_ddp, d.rank, d.world)
         loss, terms = train_step(model, criterion, opt, local, ts(g_ddp), share=share, forward=ddp,
                                  gather=lambda o, lab, n=len(local.clip): gather_outputs(o, lab, n))
         train_step(plain, criterion, plain_opt, local, ts(g_plain), share=BatchShare(g_plain), forward=ddp_plain)

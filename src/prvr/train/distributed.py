@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from prvr import dist
+from prvr.data.datasets import Batch
 from prvr.errors import PrvrError
 from prvr.models.base import BatchShare
 
@@ -63,6 +64,19 @@ class GlobalBatches:
         mine, start = self._chunk(step)
         q_start = sum(self.query_counts[v] for v in videos[:start])
         return BatchShare(generator, start, len(videos), q_start, sum(self.query_counts[v] for v in videos))
+
+
+def local_part(batch: Batch, generator: torch.Generator | None, rank: int, world: int) -> tuple[Batch, BatchShare]:
+    """Rank `rank`'s contiguous chunk of a collated global batch (its videos and their queries, labels made local)
+    and where it lies in the global batch (what `GlobalBatches` hands a rank, for batches made in memory)."""
+    B = len(batch.clip)
+    sizes = dist.split_sizes(B, world)
+    v0 = sum(sizes[:rank])
+    v1 = v0 + sizes[rank]
+    q0, q1 = int((batch.labels < v0).sum()), int((batch.labels < v1).sum())
+    local = Batch(batch.clip[v0:v1], batch.frames[v0:v1], batch.frame_mask[v0:v1], batch.text[q0:q1],
+                  batch.text_mask[q0:q1], batch.labels[q0:q1] - v0)
+    return local, BatchShare(generator, v0, B, q0, len(batch.labels))
 
 
 class TrainForward(nn.Module):
