@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,10 +62,11 @@ def worker(args) -> None:
 
     def gather(o, lab):
         t0 = time.perf_counter()
-        out = gather_outputs(o, lab, len(local.clip))
+        out, labels = gather_outputs(o, lab, len(local.clip))
         gather_s.append(time.perf_counter() - t0)
-        gathered_mb[0] = sum(v.numel() * v.element_size() for v in vars(out).values() if torch.is_tensor(v)) / 2**20
-        return out
+        tensors = [getattr(out, f.name) for f in fields(out)]
+        gathered_mb[0] = sum(v.numel() * v.element_size() for v in tensors if torch.is_tensor(v)) / 2**20
+        return out, labels
 
     times = []
     for i in range(args.steps + 1):  # one warm-up step
@@ -118,7 +120,7 @@ def main() -> None:
     base = runs[str(args.nproc[0])]["epoch_s"]
     for r in runs.values():
         r["speedup"] = round(base / r["epoch_s"], 2)
-    name = f"ddp_train_{args.model}_{args.preset}_b{args.batch_videos}_{args.device}" + "".join(
+    name = f"ddp_train_{args.model}_{args.preset}_b{args.batch_videos}_{args.device}_t{args.threads}" + "".join(
         f"_{o.split('.')[-1].replace('=', '')}" for o in args.overrides)
     write_result(name, {"model": args.model, "preset": args.preset, "overrides": args.overrides,
                         "batch_videos": args.batch_videos, "epoch_steps": epoch_steps, "device": args.device,
