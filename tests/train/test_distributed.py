@@ -149,3 +149,15 @@ def test_gather_outputs_needs_declared_batch_dims():
 
     with pytest.raises(PrvrError, match="declares no batch_dims"):
         gather_outputs(Undeclared(torch.zeros(2, 3)), torch.zeros(2, dtype=torch.long), 1)
+
+
+def test_shard_ranges_cover_in_order():
+    from prvr import dist
+
+    for n, world, align in ((10, 2, 4), (10, 3, 1), (2, 3, 1), (130, 2, 100), (0, 2, 1)):
+        parts = [dist.shard_range(n, r, world, align) for r in range(world)]
+        assert parts[0][0] == 0 and parts[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
+        assert all(lo % align == 0 for lo, _ in parts if lo < n)  # shares start on batch boundaries
+    assert [dist.shard_range(10, r, 2, 4) for r in range(2)] == [(0, 8), (8, 10)]
+    assert dist.split_sizes(7, 3) == [3, 2, 2]
