@@ -9,7 +9,7 @@ import prvr
 SRC = Path(prvr.__file__).resolve().parent
 # lower layers never import higher ones; equal layers are peers
 LAYERS = {
-    "prvr.errors": 0, "prvr.io": 0, "prvr.config": 0, "prvr.device": 0, "prvr.runtime": 0,
+    "prvr.errors": 0, "prvr.io": 0, "prvr.config": 0, "prvr.device": 0, "prvr.runtime": 0, "prvr.dist": 0,
     "prvr.data": 1, "prvr.encode": 2, "prvr.synth": 3, "prvr.models": 3,
     "prvr.eval": 4, "prvr.train": 5, "prvr.index": 5, "prvr.serve": 6,
     "prvr.cli": 7, "prvr.demo": 7, "prvr": 7,  # the package root only re-exports Retriever

@@ -39,3 +39,14 @@ class IndexSplit(str, Enum):
     val = "val"
     test = "test"
     all = "all"
+
+
+def join_ranks(device):
+    """Under torchrun: join the process group (gloo on CPU, nccl on CUDA) and return this rank's device; only
+    rank 0 prints. A single process: `device` unchanged."""
+    from prvr import dist
+
+    dist.init_from_env(device)
+    if not dist.is_main():
+        console.quiet = True
+    return dist.local_device(device)

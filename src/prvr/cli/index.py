@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from prvr.cli.common import Device, Feature, IndexSplit, app, console, index_app
+from prvr.cli.common import Device, Feature, IndexSplit, app, console, index_app, join_ranks
 from prvr.errors import PrvrError
 
 MAX_K = 1000  # prvr.index.search.MAX_K (not imported here: the CLI starts without torch)
@@ -45,7 +45,7 @@ def _index_cmd(checkpoint: Path, data: Path, out: Path, split: str, collection: 
     layout = DatasetLayout(data, collection or cfg.data.collection, feature or cfg.data.visual_feature)
     if split != "all" and not layout.caption_file(split).exists():
         raise PrvrError(f"{layout.caption_file(split)}: caption file for split {split!r} not found")
-    m = build_index(checkpoint, layout, split, out, resolve_device(device), progress=not quiet, skip_bad=skip_bad,
+    m = build_index(checkpoint, layout, split, out, join_ranks(resolve_device(device)), progress=not quiet, skip_bad=skip_bad,
                     warn=lambda msg: print(msg, file=sys.stderr), media_roots=[str(r) for r in media_roots or []])
     console.print(f"{out}: {m['n_videos']} videos in {len(m['shards'])} shard(s)")
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prvr.cli.common import Device, Feature, Quiet, Split, app, console
+from prvr.cli.common import Device, Feature, Quiet, Split, app, console, join_ranks
 from prvr.config import parse_set
 from prvr.errors import PrvrError
 
@@ -29,8 +29,14 @@ def train(preset: Annotated[str | None, typer.Option(help="dataset preset of the
           skip_bad: Annotated[bool, typer.Option(help="leave out empty, wrong-width or NaN/Inf videos and captions "
                                                        "(each with a warning) instead of stopping")] = False,
           device: Device = "auto", quiet: Quiet = False,
-          amp: Annotated[bool, typer.Option(help="shortcut for --set train.amp=true (bf16 autocast)")] = False):
-    """Train a model with the original optimisation; best/last checkpoints and metrics.jsonl in --out."""
+          amp: Annotated[bool, typer.Option(help="shortcut for --set train.amp=true (bf16 autocast)")] = False,
+          nproc: Annotated[int, typer.Option(min=1, max=1024, help="train on N processes of this machine "
+                                             "(DistributedDataParallel, started with torchrun --standalone; "
+                                             "train.batch_videos stays the global batch)")] = 1):
+    """Train a model with the original optimisation; best/last checkpoints and metrics.jsonl in --out.
+    Under `torchrun --nproc-per-node N -m prvr train ...` (or with --nproc N) it trains data-parallel."""
+    if nproc > 1:
+        _relaunch(nproc)
     from prvr.device import resolve_device
     from prvr.eval.report import metrics_table
     from prvr.models.presets import resolve
@@ -43,7 +49,7 @@ def train(preset: Annotated[str | None, typer.Option(help="dataset preset of the
         overrides.append(("data.root", str(data.expanduser().absolute())))
     if amp:
         overrides.append(("train.amp", True))
-    dev = resolve_device(device)
+    dev = join_ranks(resolve_device(device))
     if resume:
         if preset or model:
             raise PrvrError("--resume continues the run's saved config: drop --preset/--model (change single "
@@ -58,6 +64,27 @@ def train(preset: Annotated[str | None, typer.Option(help="dataset preset of the
     if res.best_metrics:
         console.print(metrics_table({f"best (epoch {res.best_epoch})": res.best_metrics}))
     console.print(f"checkpoints in {res.out_dir}")
+
+
+def _relaunch(nproc: int) -> None:
+    """`prvr train ... --nproc N`: the same command on N local processes through torchrun (its exit code)."""
+    import os
+    import subprocess
+    import sys
+
+    if "RANK" in os.environ:
+        raise PrvrError("--nproc: already running under torchrun (drop --nproc, torchrun sets the processes)")
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "prvr",
+           *args]
+    raise typer.Exit(subprocess.call(cmd))
 
 
 @app.command("eval")
@@ -88,7 +115,7 @@ def evaluate_cmd(checkpoint: Annotated[Path, typer.Option(help="prvr checkpoint 
     for path, what in ((save_scores, "--save-scores"), (json_out, "--json")):
         if path is not None:  # before the evaluation, not after it
             check_writable(path, what)
-    dev = resolve_device(device)
+    dev = join_ranks(resolve_device(device))
     model, cfg, _ = load_checkpoint(checkpoint, dev)
     layout = DatasetLayout(data, collection or cfg.data.collection, feature or cfg.data.visual_feature)
     if not layout.caption_file(split).exists():
@@ -102,10 +129,12 @@ def evaluate_cmd(checkpoint: Annotated[Path, typer.Option(help="prvr checkpoint 
                    keep_scores=save_scores is not None, progress=not quiet, amp=amp, index=index)
     console.print(metrics_table({f"{layout.collection} {split}": res.metrics},
                                 f"{len(res.query_ids)} queries x {len(res.video_ids)} videos"))
-    if save_scores is not None:
+    from prvr import dist
+
+    if save_scores is not None and dist.is_main():
         write_scores(save_scores, res.scores)
         console.print(f"scores written to {save_scores} (rows: caption-file order, columns: first appearance)")
-    if json_out is not None:
+    if json_out is not None and dist.is_main():
         write_json_atomic(json_out, {"checkpoint": str(checkpoint.absolute()), "split": split,
                                      "collection": layout.collection, "model": cfg.model_name,
                                      "n_queries": len(res.query_ids), "n_videos": len(res.video_ids), **res.metrics})

@@ -1,5 +1,9 @@
 """Evaluation: encode every video of a split once, every query once, score in query chunks, rank.
-Works for any registered model through the contract (`encode_videos`, `encode_queries`, `score`)."""
+Works for any registered model through the contract (`encode_videos`, `encode_queries`, `score`).
+
+Under torchrun (`prvr.dist`) the work is sharded: each rank encodes a contiguous share of the videos (whole
+batches where the split allows), the video representations are gathered on every rank, each rank ranks its share
+of the queries against all of them, and the ranks (and scores) are gathered: the single process's metrics."""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from prvr import dist
 from prvr.data.datasets import EvalQueries, EvalVideos, SplitIndex, collate_queries, collate_videos
 from prvr.data.layout import DatasetLayout
 from prvr.device import bf16_autocast
@@ -56,7 +61,7 @@ def rank_queries(model: PRVRModel, queries: QueryRepr, videos: VideoRepr, gt: to
                  video_ids: list[str] | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
     """Score queries against all videos in chunks of queries; ranks (N,) and optionally the full matrix.
     A NaN/Inf score is refused (NonFiniteError naming the query and video): a NaN would rank first."""
-    ranks, kept = [], []
+    ranks, kept = [torch.zeros(0, dtype=torch.long, device=queries.vectors.device)], []
     videos, queries = videos.normalize(), queries.normalize()  # once, not per chunk
     for start in range(0, len(queries), chunk):
         s = model.score(queries[start:start + chunk], videos)  # (chunk, V)
@@ -64,6 +69,8 @@ def rank_queries(model: PRVRModel, queries: QueryRepr, videos: VideoRepr, gt: to
         ranks.append(ranks_from_scores(s, gt[start:start + chunk]))
         if keep_scores:
             kept.append(s.float().cpu().numpy())
+    if keep_scores and not kept:  # no queries (an empty share of a sharded evaluation)
+        kept = [np.zeros((0, len(videos)), np.float32)]
     return torch.cat(ranks).cpu(), (np.concatenate(kept) if keep_scores else None)
 
 
@@ -94,19 +101,47 @@ def evaluate(model: PRVRModel, layout: DatasetLayout, split: str, batch_videos: 
               visual_dim=cfg.visual_dim, text_dim=cfg.text_dim)
     was_training = model.training
     model.eval()
+    progress = progress and dist.is_main()
     try:
+        v0, v1 = share_of(len(index.video_ids), batch_videos)
+        q0, q1 = share_of(len(index.query_ids), batch_queries)
         with bf16_autocast(device, amp):
-            videos = encode_videos(model, EvalVideos(layout, split, **kw), batch_videos, device, num_workers, progress)
-            queries = encode_queries(model, EvalQueries(layout, split, **kw), batch_queries, device, num_workers,
-                                     progress)
+            videos = _encode_share(encode_videos, model, EvalVideos(layout, split, **kw), v0, v1, batch_videos,
+                                   device, num_workers, progress)
+            queries = _encode_share(encode_queries, model, EvalQueries(layout, split, **kw), q0, q1, batch_queries,
+                                    device, num_workers, progress)
         if amp:
             videos, queries = videos.map(lambda t: t.float()), queries.map(lambda t: t.float())
-        gt = torch.tensor(index.labels, device=queries.vectors.device)
-        ranks, scores = rank_queries(model, queries, videos, gt, keep_scores=keep_scores, query_ids=index.query_ids,
-                                     video_ids=index.video_ids)
+        videos = videos.map(dist.gather_cat)  # every rank: all videos, in split order
+        gt = torch.tensor(index.labels[q0:q1], device=queries.vectors.device)
+        ranks, scores = rank_queries(model, queries, videos, gt, keep_scores=keep_scores,
+                                     query_ids=index.query_ids[q0:q1], video_ids=index.video_ids)
+        if dist.sharded():
+            dev = videos.sets[next(iter(videos.sets))].tokens.device
+            ranks = dist.gather_cat(ranks.to(dev)).cpu()
+            if keep_scores:
+                scores = dist.gather_cat(torch.from_numpy(scores).to(dev)).cpu().numpy()
     finally:
         model.train(was_training)
     return EvalResult(recalls(ranks), ranks, scores, index.query_ids, index.video_ids)
+
+
+def share_of(n: int, batch: int) -> tuple[int, int]:
+    """This rank's contiguous share [start, stop) of n items (all of them in one process): whole batches of the
+    single process when every rank gets one, else an even split."""
+    if not dist.sharded():
+        return 0, n
+    return dist.shard_range(n, align=batch if -(-n // batch) >= dist.world() else 1)
+
+
+def _encode_share(encode, model, dataset, start: int, stop: int, batch: int, device, num_workers: int, progress: bool):
+    """encode(model, items start..stop of dataset); an empty share encodes one item and keeps none of it (the
+    gather needs this rank's shapes)."""
+    if (start, stop) == (0, len(dataset)):
+        return encode(model, dataset, batch, device, num_workers, progress)
+    part = Subset(dataset, range(start, stop) if stop > start else range(min(1, len(dataset))))
+    out = encode(model, part, batch, device, num_workers, progress)
+    return out if stop > start else out.map(lambda t: t[:0])
 
 
 def save_scores(path: str | Path, scores: np.ndarray) -> None:

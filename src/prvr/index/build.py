@@ -1,5 +1,9 @@
 """Build or extend an index: encode each video of a dataset split once (batched) and append shards.
-Any registered model: its `encode_videos` gives the token sets, its `token_layouts` say how to store them."""
+Any registered model: its `encode_videos` gives the token sets, its `token_layouts` say how to store them.
+
+Under torchrun (`prvr.dist`) each rank encodes a contiguous share of the videos and writes its own shards, named
+`shard-<first free number>-r<rank>-<k>` (no two ranks or builds can pick the same name); after a barrier rank 0
+lists them in the manifest, in rank order (the single process's video order), written last."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from prvr import dist
 from prvr.data.datasets import EvalVideos, SplitIndex, check_dims, collate_videos, screen_split
 from prvr.data.features import open_video_features, read_media_roots, read_text_encoder, read_video_info
 from prvr.data.layout import DatasetLayout
@@ -21,6 +26,7 @@ from prvr.index.store import (
     discard_empty_index,
     load_shard,
     read_manifest,
+    write_shard,
 )
 from prvr.io import check_writable, write_json_atomic
 from prvr.models.base import PRVRModel, VideoRepr
@@ -117,27 +123,82 @@ def build_index(checkpoint: Path, layout: DatasetLayout, split: str, out: Path, 
         _check_same_weights(model, out, checkpoint)
     if skip_bad:
         index = screen_split(layout, index, mc.visual_dim, None, True, warn, queries=False)
+    dist.barrier()  # every rank has checked the output before rank 0 creates it
     created = not out.exists()
     try:
-        if not exists:
+        if not exists and dist.is_main():
             manifest = create_index(out, checkpoint, cfg.to_dict(), model.token_layouts(), model.score_weights(),
                                     model.scores_by_max_similarity, text_encoder, extra=_encoders_of(layout))
+        if dist.sharded():
+            return _sharded_build(model, layout, split, index, info, roots, out, device, shard_size, batch_size,
+                                  progress, skip_bad, warn)
         return _encode_and_append(model, manifest, layout, split, index, info, roots, out, device, shard_size,
                                   batch_size, progress, skip_bad, warn)
     except BaseException:
-        if not exists:  # a fresh index that got no shard is not left behind
+        if not exists and dist.is_main():  # a fresh index that got no shard is not left behind
             discard_empty_index(out, created)
         raise
+
+
+def _todo(manifest: dict, index: SplitIndex, out: Path) -> list[int]:
+    """Positions of the split's videos not in the index yet."""
+    done = {v for name in manifest["shards"] for v in load_shard(out / name, list(manifest["token_sets"])).ids}
+    return [i for i, v in enumerate(index.video_ids) if v not in done]
+
+
+def _with_roots(manifest: dict, roots: list[str], out: Path) -> dict:
+    if set(roots) - set(manifest.get("media_roots") or []):
+        manifest = {**manifest, "media_roots": sorted(set(manifest.get("media_roots") or []) | set(roots))}
+        write_json_atomic(out / "manifest.json", manifest)
+    return manifest
+
+
+def _sharded_build(model: PRVRModel, layout: DatasetLayout, split: str, index: SplitIndex, info: dict,
+                   roots: list[str], out: Path, device, shard_size: int, batch_size: int, progress: bool,
+                   skip_bad: bool, warn) -> dict:
+    """This rank's share of the videos to do, in its own shards; rank 0 lists every rank's shards last."""
+    dist.barrier()  # rank 0 has created the index
+    manifest = read_manifest(out)
+    todo = _todo(manifest, index, out)
+    first = len(manifest["shards"])
+    lo, hi = dist.shard_range(len(todo), align=batch_size if -(-len(todo) // batch_size) >= dist.world() else 1)
+    written: list[tuple[str, int]] = []
+
+    def write(ids, sets, meta):
+        name = f"shard-{first:05d}-r{dist.rank():03d}-{len(written):05d}"
+        write_shard(out, name, ids, sets, meta)
+        written.append((name, len(ids)))
+
+    _encode(model, layout, split, index, info, todo[lo:hi], device, shard_size, batch_size,
+            progress and dist.is_main(), skip_bad, warn, write)
+    per_rank = dist.all_gather_object(written)
+    if dist.is_main():
+        manifest = _with_roots(read_manifest(out), roots, out)
+        new = [entry for entries in per_rank for entry in entries]
+        manifest = {**manifest, "shards": manifest["shards"] + [n for n, _ in new],
+                    "n_videos": manifest["n_videos"] + sum(c for _, c in new)}
+        write_json_atomic(out / "manifest.json", manifest)
+    dist.barrier()  # the manifest is written when any rank returns
+    return read_manifest(out)
 
 
 def _encode_and_append(model: PRVRModel, manifest: dict, layout: DatasetLayout, split: str, index: SplitIndex,
                        info: dict, roots: list[str], out: Path, device, shard_size: int, batch_size: int,
                        progress: bool, skip_bad: bool, warn) -> dict:
-    done = {v for name in manifest["shards"] for v in load_shard(out / name, list(manifest["token_sets"])).ids}
-    if set(roots) - set(manifest.get("media_roots") or []):
-        manifest = {**manifest, "media_roots": sorted(set(manifest.get("media_roots") or []) | set(roots))}
-        write_json_atomic(out / "manifest.json", manifest)
-    todo = [i for i, v in enumerate(index.video_ids) if v not in done]
+    todo = _todo(manifest, index, out)
+    manifest = _with_roots(manifest, roots, out)
+    box = [manifest]
+
+    def append(ids, sets, meta):
+        box[0] = append_shard(out, box[0], ids, sets, meta)
+
+    _encode(model, layout, split, index, info, todo, device, shard_size, batch_size, progress, skip_bad, warn, append)
+    return box[0]
+
+
+def _encode(model: PRVRModel, layout: DatasetLayout, split: str, index: SplitIndex, info: dict, todo: list[int],
+            device, shard_size: int, batch_size: int, progress: bool, skip_bad: bool, warn, store) -> None:
+    """Encode the videos at positions `todo`, `shard_size` at a time; store(ids, sets, meta) each shard."""
     mc = model.cfg
     dataset = EvalVideos(layout, split, mc.map_size, mc.max_ctx_l, mc.max_desc_l, index=index,
                          visual_dim=mc.visual_dim, text_dim=mc.text_dim)
@@ -164,6 +225,5 @@ def _encode_and_append(model: PRVRModel, manifest: dict, layout: DatasetLayout, 
         ids = [ids[i] for i in keep]
         sets = {name: [per_video[i] for i in keep] for name, per_video in sets.items()}
         meta = [{"n_raw_frames": dataset.videos.length(v), **info.get(v, {})} for v in ids]
-        manifest = append_shard(out, manifest, ids, sets, meta)
+        store(ids, sets, meta)
     bar.close()
-    return manifest

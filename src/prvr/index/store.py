@@ -160,16 +160,21 @@ def append_shard(path: Path, manifest: dict, ids: list[str], sets: dict[str, lis
     (n_tokens_i, D) array per video."""
     path = Path(path)
     name = next_shard_name(manifest)
-    with atomic_dir(path / name) as tmp:  # a shard left by a killed run that never reached the manifest is replaced
+    write_shard(path, name, ids, sets, meta)
+    manifest = {**manifest, "shards": manifest["shards"] + [name], "n_videos": manifest["n_videos"] + len(ids)}
+    write_json_atomic(path / "manifest.json", manifest)
+    return manifest
+
+
+def write_shard(path: Path, name: str, ids: list[str], sets: dict[str, list[np.ndarray]], meta: list[dict]) -> None:
+    """Write shard `name` (temporary dir + rename) without listing it in the manifest (see `append_shard`)."""
+    with atomic_dir(Path(path) / name) as tmp:  # a shard left by a killed run that never reached the manifest is replaced
         for set_name, per_video in sets.items():
             offsets = np.concatenate([[0], np.cumsum([len(t) for t in per_video])]).astype(np.int64)
             np.save(tmp / f"{set_name}.tokens.npy", np.concatenate(per_video).astype(np.float16))
             np.save(tmp / f"{set_name}.offsets.npy", offsets)
         (tmp / "ids.json").write_text(json.dumps(ids), encoding="utf-8")
         (tmp / "meta.json").write_text(json.dumps(meta, allow_nan=False), encoding="utf-8")
-    manifest = {**manifest, "shards": manifest["shards"] + [name], "n_videos": manifest["n_videos"] + len(ids)}
-    write_json_atomic(path / "manifest.json", manifest)
-    return manifest
 
 
 THUMBS = "thumbs"  # INDEX/thumbs/<thumb_key(video id)>/<frame row>.jpg, written by `prvr ingest`

@@ -17,7 +17,9 @@ particular model:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -236,12 +238,56 @@ class PRVRModel(nn.Module):
     def forward_train(self, batch, draws: dict[str, torch.Tensor] | None = None) -> Any:
         """All tensors the model's loss needs, for a `Batch` with video and query fields and labels. `draws`:
         recorded random draws to use instead of drawing (see `TrainStep.draws`); a model ignores names it does
-        not draw."""
+        not draw. Random tensors drawn per video or per query come from `per_item_normal` (so distributed
+        training draws what one process would). For distributed training the outputs are a dataclass whose
+        `batch_dims` (a ClassVar) names every tensor field with its kind and batch dimension, e.g.
+        {"query": ("queries", 0), "eps_pred": ("videos", 1)}: those are gathered across processes, with
+        gradient, before the loss (`prvr.train.distributed.gather_outputs`)."""
         raise NotImplementedError
 
     def set_recompute(self, videos: int) -> None:
         """Optionally trade compute for memory in training (recompute activations in backward, `videos` at a
         time; 0: keep them). Results must not change. The default keeps everything."""
+
+
+@dataclass
+class BatchShare:
+    """A process's share of a global training batch: its videos are rows [video_start, video_start + B_local) of
+    the global batch's `videos`, its queries rows [query_start, ...) of `queries`; `generator` is seeded alike in
+    every process. Random tensors drawn per video/query for the global batch and sliced to the share are what a
+    single process with the whole batch and that generator draws."""
+
+    generator: torch.Generator | None = None
+    video_start: int = 0
+    videos: int | None = None  # global batch size; None: this process holds the whole batch
+    query_start: int = 0
+    queries: int | None = None
+
+
+_share: ContextVar[BatchShare | None] = ContextVar("prvr_batch_share", default=None)
+
+
+@contextmanager
+def sharing(share: BatchShare | None) -> Iterator[None]:
+    """Draw per-item random tensors of the enclosed training forward for `share` (None: the global RNG)."""
+    token = _share.set(share)
+    try:
+        yield
+    finally:
+        _share.reset(token)
+
+
+def per_item_normal(kind: str, n: int, *rest: int, device=None, dtype=None) -> torch.Tensor:
+    """(n, *rest) standard normal draws for the n local videos (kind "videos") or queries ("queries") of a
+    training batch. Under `sharing(share)`: drawn for the global batch from the share's generator, this
+    process's rows kept; otherwise from the global RNG."""
+    share = _share.get()
+    if share is None:
+        return torch.randn((n, *rest), device=device, dtype=dtype)
+    total, start = (share.videos, share.video_start) if kind == "videos" else (share.queries, share.query_start)
+    total = n if total is None else total
+    full = torch.randn((total, *rest), device=device, dtype=dtype, generator=share.generator)
+    return full[start:start + n]
 
 
 @dataclass

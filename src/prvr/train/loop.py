@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from prvr import dist
 from prvr.config import RunConfig, to_yaml
 from prvr.data.datasets import SplitIndex, TrainVideos, check_dims, collate_train, screen_split
 from prvr.data.layout import DatasetLayout
@@ -23,8 +24,9 @@ from prvr.errors import DataError, NonFiniteError, PrvrError
 from prvr.eval.evaluator import evaluate
 from prvr.io import write_text_atomic
 from prvr.models import build_loss, build_model
-from prvr.models.base import TrainStep
+from prvr.models.base import BatchShare, TrainStep, sharing
 from prvr.models.checkpoint import restore_training, save_checkpoint
+from prvr.train.distributed import GlobalBatches, broadcast_decision, gather_outputs, wrap
 from prvr.train.optim import make_optimizer
 from prvr.train.rundir import (
     absolute_paths,
@@ -46,6 +48,9 @@ class TrainResult:
     out_dir: Path
 
 
+DRAWS_SEED = 1 << 40  # the training draws' generator: seed * 1000 + epoch + this (the shuffle's: without it)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -53,13 +58,20 @@ def seed_everything(seed: int) -> None:
 
 
 def train_step(model, criterion, optimizer, batch, step: TrainStep, device: torch.device | str = "cpu",
-               amp: bool = False, check=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               amp: bool = False, check=None, share: BatchShare | None = None, forward=None,
+               gather=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimiser step, in the original's order: forward, loss, backward, BertAdam step (clipping and the
     schedule inside). `step.draws` (tests) replaces the random draws of the model and its loss; `check(loss,
-    terms)` runs before anything is updated (the loop stops at a non-finite loss there)."""
-    with bf16_autocast(device, amp):
-        outputs = model.forward_train(batch) if step.draws is None else model.forward_train(batch, draws=step.draws)
-        loss, terms = criterion(outputs, batch.labels, step)
+    terms)` runs before anything is updated (the loop stops at a non-finite loss there). Distributed training
+    (`prvr.train.distributed`): `share` places the per-item random draws, `forward` is the DDP-wrapped training
+    pass, `gather(outputs, labels)` gives the global batch's outputs and labels to the loss."""
+    forward = forward or model.forward_train
+    with bf16_autocast(device, amp), sharing(share):
+        outputs = forward(batch) if step.draws is None else forward(batch, draws=step.draws)
+        labels = batch.labels
+        if gather is not None:
+            outputs, labels = gather(outputs, labels)
+        loss, terms = criterion(outputs, labels, step)
     if check is not None:
         check(loss, terms)
     optimizer.zero_grad(set_to_none=True)
@@ -105,7 +117,7 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
     try:
         return _run(cfg, out_dir, device, resume, progress, log, overwrite, layout, val_split, indexes)
     except BaseException:
-        if not resume:
+        if not resume and dist.is_main():
             discard_failed_run(out_dir, created)
         raise
 
@@ -113,14 +125,18 @@ def train(cfg: RunConfig, out_dir: str | Path, device: torch.device | str = "cpu
 def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, log, overwrite: bool,
          layout: DatasetLayout, val_split: str, indexes: dict[str, SplitIndex]) -> TrainResult:
     tc, mc = cfg.train, cfg.model
-    seed_everything(tc.seed)
+    main = dist.is_main()  # under torchrun only rank 0 writes and logs; every rank trains its share
+    log = log if main else (lambda *_: None)
+    seed_everything(tc.seed + dist.rank())  # dropout differs per rank; rank 0's initial weights are broadcast
     model = build_model(mc, device)
     model.set_recompute(tc.recompute_videos)
+    ddp = wrap(model, torch.device(device)) if dist.sharded() else None
     dataset = TrainVideos(layout, "train", mc.map_size, mc.max_ctx_l, mc.max_desc_l, index=indexes["train"],
                           visual_dim=mc.visual_dim, text_dim=mc.text_dim)
     if len(dataset) == 0:
         raise DataError(f"{layout.caption_file('train')}: no usable training videos")
-    steps_per_epoch = -(-len(dataset) // tc.batch_videos)
+    query_counts = [len(q) for q in dataset.video_queries]
+    steps_per_epoch = len(GlobalBatches(query_counts, tc.batch_videos, 0, 0, dist.world()))
     optimizer = make_optimizer(model, tc, steps_per_epoch)
     criterion = build_loss(cfg.loss, mc)
     state = {"epoch": -1, "best_sumr": -1.0, "best_epoch": -1, "best_metrics": {}, "es_cnt": 0}
@@ -128,26 +144,36 @@ def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, lo
     if resume:
         state.update(restore_training(last_path, model, optimizer))
         log(f"resumed from epoch {state['epoch']} (best SumR {state['best_sumr']:.1f} at epoch {state['best_epoch']})")
-    elif overwrite:
+    elif overwrite and main:
         clear_run(out_dir)
     records = read_metrics(log_path, state["epoch"]) if resume else []  # epochs after the checkpoint are redone
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))
-    tb = _tensorboard(out_dir)
+    dist.barrier()  # every rank has read the run before rank 0 writes to it
+    tb = None
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out_dir / "config.yaml", to_yaml(cfg))
+        tb = _tensorboard(out_dir)
     start = state["epoch"] + 1
     end = tc.epochs if tc.max_epochs is None else min(tc.epochs, tc.max_epochs)  # a cap; t_total keeps `epochs`
     for epoch in range(start, end):
         t0 = time.time()
         hard = epoch >= tc.hard_negative_start_epoch
-        loader = DataLoader(dataset, batch_size=tc.batch_videos, shuffle=True, collate_fn=collate_train,
-                            num_workers=tc.num_workers, generator=torch.Generator().manual_seed(tc.seed * 1000 + epoch))
+        # the single process's shuffle (DataLoader(shuffle=True) with this seed), split over the ranks
+        batches = GlobalBatches(query_counts, tc.batch_videos, tc.seed * 1000 + epoch, dist.rank(), dist.world())
+        if batches.dropped and epoch == start:
+            log(f"note: each epoch leaves out its last {batches.dropped} video(s), fewer than the {dist.world()} ranks")
+        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_train, num_workers=tc.num_workers)
+        draws = torch.Generator(device=torch.device(device)).manual_seed(tc.seed * 1000 + epoch + DRAWS_SEED)
         model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not (progress and main), leave=False)
         for step, batch in enumerate(bar):
             b = batch.to(device)
-            loss, terms = train_step(model, criterion, optimizer, b, TrainStep(epoch, hard), device, tc.amp,
-                                     check=partial(check_finite_loss, epoch=epoch, step=step, last_path=last_path))
+            gather = None if ddp is None else partial(gather_outputs, n_videos=len(b.clip))
+            loss, terms = train_step(model, criterion, optimizer, b, TrainStep(epoch, hard, generator=draws), device,
+                                     tc.amp, check=partial(check_finite_loss, epoch=epoch, step=step,
+                                                           last_path=last_path),
+                                     share=batches.share(step, draws), forward=ddp, gather=gather)
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -160,14 +186,16 @@ def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, lo
         state["epoch"] = epoch
         if improved:
             state.update(best_sumr=val["SumR"], best_epoch=epoch, best_metrics=val, es_cnt=0)
-            save_checkpoint(best_path, model, cfg, {"epoch": epoch, "split": val_split, "metrics": val})
+            if main:
+                save_checkpoint(best_path, model, cfg, {"epoch": epoch, "split": val_split, "metrics": val})
         else:
             state["es_cnt"] += 1
         record = {"epoch": epoch, "lr": optimizer.current_lr(), "hard_negative": hard, "train": train_terms,
                   val_split: val, "seconds": round(time.time() - t0, 2)}
         records.append(record)
-        rewrite_metrics(log_path, records)  # whole and atomic, before the checkpoint (a resume redoes later epochs)
-        save_checkpoint(last_path, model, cfg, state, optimizer)
+        if main:
+            rewrite_metrics(log_path, records)  # whole and atomic, before the checkpoint (a resume redoes later epochs)
+            save_checkpoint(last_path, model, cfg, state, optimizer)
         if tb is not None:
             for k, v in train_terms.items():
                 tb.add_scalar(f"train/{k}", v, epoch)
@@ -175,13 +203,14 @@ def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, lo
                 tb.add_scalar(f"{val_split}/{k}", v, epoch)
         log(f"epoch {epoch}: loss {train_terms['loss']:.4f}  {val_split} " +
             " ".join(f"{k} {v:.1f}" for k, v in val.items()) + ("  *" if improved else ""))
-        if state["es_cnt"] > tc.max_es_cnt:
+        if broadcast_decision(state["es_cnt"] > tc.max_es_cnt):  # every rank stops
             log(f"early stop: no {val_split} SumR improvement for {state['es_cnt']} epochs")
             break
     if end < tc.epochs and state["epoch"] == end - 1 and state["es_cnt"] <= tc.max_es_cnt:
         log(f"stopped at train.max_epochs={tc.max_epochs} of a {tc.epochs}-epoch schedule")
     if tb is not None:
         tb.close()
+    dist.barrier()  # rank 0's last writes are done when any rank returns
     return TrainResult(state["best_epoch"], state["best_metrics"], state["epoch"] + 1, out_dir)
 
 

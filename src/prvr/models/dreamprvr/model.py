@@ -4,11 +4,13 @@ register-augmented Gaussian attention at clip and frame scale."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prvr.models.base import per_item_normal
 from prvr.models.dreamprvr.config import DreamPRVRConfig
 from prvr.models.dreamprvr.diffusion import Denoiser, DiffusionSchedule
 from prvr.models.dreamprvr.registers import RegisterCondition, RegisterGaussianAttention
@@ -29,6 +31,12 @@ class TrainOutputs:
     logvar: torch.Tensor | None = None  # (B, D)
     eps_pred: torch.Tensor | None = None  # (T, B, K, D)
     eps_true: torch.Tensor | None = None  # (B, K, D)
+
+    # what distributed training gathers across processes: field -> (videos | queries, batch dimension)
+    batch_dims: ClassVar[dict[str, tuple[str, int]]] = {
+        "query": ("queries", 0), "query_first": ("queries", 0), "clip": ("videos", 0), "frame": ("videos", 0),
+        "frame_mask": ("videos", 0), "mu": ("videos", 0), "logvar": ("videos", 0), "eps_pred": ("videos", 1),
+        "eps_true": ("videos", 0)}
 
 
 
@@ -111,7 +119,7 @@ class DreamPRVR(ClipFrameModel):
         if self.cfg.video_centric_init:
             return mu[:, None].expand(-1, K, -1)  # (B, K, D)
         if self.training:
-            return torch.randn(mu.shape[0], K, mu.shape[1], device=mu.device, dtype=mu.dtype)
+            return per_item_normal("videos", mu.shape[0], K, mu.shape[1], device=mu.device, dtype=mu.dtype)
         return mu.new_zeros(mu.shape[0], K, mu.shape[1])
 
     def generate_registers(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from prvr.models.base import per_item_normal
+
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
     """(length, dim) sin/cos position codes: pe[p, 2k] = sin(p / 10000^(2k/dim)), pe[p, 2k+1] = cos(...)."""
@@ -122,6 +124,10 @@ class TextPerturbationSampler(nn.Module):
                 spread = (self.scale * text_mean.std(-1, keepdim=True)).clamp_min(1e-6)[:, None]  # (B, 1, 1)
                 centre = text_mean.mean(-1, keepdim=True)[:, None]  # (B, 1, 1)
                 shape = (B, self.num_samples, D)
-                alpha = 1.0 + spread * torch.randn(shape, device=text_mean.device, generator=generator)
-                beta = centre + spread * torch.randn(shape, device=text_mean.device, generator=generator)
+                if generator is not None:
+                    alpha = 1.0 + spread * torch.randn(shape, device=text_mean.device, generator=generator)
+                    beta = centre + spread * torch.randn(shape, device=text_mean.device, generator=generator)
+                else:  # per video: distributed training draws what one process draws
+                    alpha = 1.0 + spread * per_item_normal("videos", *shape, device=text_mean.device)
+                    beta = centre + spread * per_item_normal("videos", *shape, device=text_mean.device)
         return alpha * standardised[:, None] + beta

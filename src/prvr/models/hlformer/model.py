@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,12 @@ class TrainOutputs:
     curv: torch.Tensor  # () curvature of the hyperbolic space of the partial-order loss
     hyp_query: torch.Tensor  # (N, D) query points on that hyperboloid (space components)
     hyp_video: torch.Tensor  # (B, D) video points
+
+    # what distributed training gathers across processes: field -> (videos | queries | shared, batch dimension);
+    # "shared" (the curvature) is the same on every process and is not gathered
+    batch_dims: ClassVar[dict[str, tuple[str, int]]] = {
+        "query": ("queries", 0), "query_second": ("queries", 0), "clip": ("videos", 0), "frame": ("videos", 0),
+        "frame_mask": ("videos", 0), "curv": ("shared", 0), "hyp_query": ("queries", 0), "hyp_video": ("videos", 0)}
 
 
 
