@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--recall-queries", type=int, default=100, help="queries also searched exactly")
     ap.add_argument("--noise", type=float, default=0.25, help="per-token noise norm before renormalising")
     ap.add_argument("--shard", type=int, default=5000)
+    ap.add_argument("--nlist", type=int, default=None, help="inverted lists of the ANN stage (default: prvr's, ~4 sqrt(tokens))")
     ap.add_argument("--dir", type=Path, default=None,
                     help="where to build and keep the index (default: a temporary directory); an index of the same "
                          "size and codes already there is reused and only queries are measured, one cut short by "
@@ -96,7 +97,8 @@ def main() -> None:
     work = args.dir or Path(tempfile.mkdtemp(prefix="prvr-bench-"))
     index = work / "index"
     reuse = (args.dir is not None and (index / "ann.json").exists() and read_manifest(index)["n_videos"] == args.videos
-             and Retriever(index).ann is not None and Retriever(index).ann.codes == args.codes)
+             and Retriever(index).ann is not None and Retriever(index).ann.codes == args.codes
+             and args.nlist in (None, Retriever(index).ann.ann.nlist))
     t_write = t_ann = rss_build = None
     done = 0
     if not reuse:
@@ -125,7 +127,7 @@ def main() -> None:
             t_write = round(time.perf_counter() - t0, 1)
             del clips, frames
         t0 = time.perf_counter()
-        build_ann(index, codes=args.codes)
+        build_ann(index, nlist=args.nlist, codes=args.codes)
         t_ann = round(time.perf_counter() - t0, 1)
         rss_build = round(peak_rss_mb(), 1)
 
