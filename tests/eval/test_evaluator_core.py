@@ -98,3 +98,13 @@ def test_save_scores_is_float32_and_atomic(tmp_path):
     got = np.load(path)
     assert got.dtype == np.float32 and got.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert [p.name for p in tmp_path.iterdir()] == ["s.npy"]
+
+
+def test_ranks_refuse_non_finite_scores_and_count_them():
+    """A NaN would rank first: ranking refuses non-finite scores, in one line that counts them."""
+    from prvr.errors import NonFiniteError
+
+    scores = torch.zeros(3, 5)
+    scores[0, 1], scores[2, 4] = float("nan"), float("inf")
+    with pytest.raises(NonFiniteError, match=r"^2 scores are NaN or Inf; refusing to rank them$"):
+        ranks_from_scores(scores, torch.zeros(3, dtype=torch.long))
