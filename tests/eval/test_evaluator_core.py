@@ -108,3 +108,23 @@ def test_ranks_refuse_non_finite_scores_and_count_them():
     scores[0, 1], scores[2, 4] = float("nan"), float("inf")
     with pytest.raises(NonFiniteError, match=r"^2 scores are NaN or Inf; refusing to rank them$"):
         ranks_from_scores(scores, torch.zeros(3, dtype=torch.long))
+
+
+def test_rank_queries_names_the_first_non_finite_score():
+    """A NaN query row in the second chunk: refused, naming the count, the query and the video (ids or #index)."""
+    from prvr.errors import NonFiniteError
+    from prvr.models.base import QueryRepr, TokenSet, VideoRepr
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config()).eval()
+    v = VideoRepr({"clip": TokenSet(torch.randn(6, 32, 32)),
+                   "frame": TokenSet(torch.randn(6, 128, 32), (torch.arange(128) < 40).float().expand(6, -1))})
+    rows = torch.randn(7, 32)
+    rows[5] = float("nan")
+    q = QueryRepr.single(rows, ("clip", "frame"))
+    gt = torch.zeros(7, dtype=torch.long)
+    ids = dict(query_ids=[f"q{i}" for i in range(7)], video_ids=[f"v{i}" for i in range(6)])
+    with pytest.raises(NonFiniteError, match=r"^6 non-finite scores, e\.g\. query 'q5' against video 'v0' is nan: "):
+        rank_queries(model, q, v, gt, chunk=4, **ids)
+    with pytest.raises(NonFiniteError, match=r"^6 non-finite scores, e\.g\. query '#5' against video '#0' is nan: "):
+        rank_queries(model, q, v, gt, chunk=4)
