@@ -49,11 +49,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/evaluate.py --preset charades --videos 1334 --queries 3720 --json
 
 # Mutation testing of the core modules (mutmut, configured in pyproject.toml; not part of `make test`).
-# Survivors and the kill rate: tests/README.md.
+# Survivors and the kill rate: tests/README.md. One module: make mutate MUTANTS='prvr.eval.metrics.*'
 mutate: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,mutate]'
 	rm -rf mutants
-	$(BIN)/mutmut run --max-children 2
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
 	$(BIN)/mutmut results --all false
 
 clean:

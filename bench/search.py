@@ -82,9 +82,11 @@ def main() -> None:
     ap.add_argument("--recall-queries", type=int, default=100, help="queries also searched exactly")
     ap.add_argument("--noise", type=float, default=0.25, help="per-token noise norm before renormalising")
     ap.add_argument("--shard", type=int, default=5000)
+    ap.add_argument("--nlist", type=int, default=None, help="inverted lists of the ANN stage (default: prvr's, ~4 sqrt(tokens))")
     ap.add_argument("--dir", type=Path, default=None,
                     help="where to build and keep the index (default: a temporary directory); an index of the same "
-                         "size and codes already there is reused and only queries are measured")
+                         "size and codes already there is reused and only queries are measured, one cut short by "
+                         "an interruption is completed")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     tune_allocator()
@@ -95,22 +97,29 @@ def main() -> None:
     work = args.dir or Path(tempfile.mkdtemp(prefix="prvr-bench-"))
     index = work / "index"
     reuse = (args.dir is not None and (index / "ann.json").exists() and read_manifest(index)["n_videos"] == args.videos
-             and Retriever(index).ann is not None and Retriever(index).ann.codes == args.codes)
+             and Retriever(index).ann is not None and Retriever(index).ann.codes == args.codes
+             and args.nlist in (None, Retriever(index).ann.ann.nlist))
     t_write = t_ann = rss_build = None
+    done = 0
     if not reuse:
-        if (index / "manifest.json").exists() and read_manifest(index)["n_videos"] == args.videos:
+        done = read_manifest(index)["n_videos"] if (index / "manifest.json").exists() else 0
+        if done == args.videos:
             print(f"reusing the tokens in {index}, rebuilding its ANN stage", file=sys.stderr)
         else:
-            if index.exists():
+            resume = args.dir is not None and 0 < done < args.videos and done % args.shard == 0
+            if index.exists() and not resume:
                 shutil.rmtree(index)
             clips, frames = source_tokens(src)
             t0 = time.perf_counter()
             m = src.manifest
-            manifest = create_index(index, args.from_index / "model.safetensors", m["config"], layouts_of(m),
-                                    m["score_weights"], True, None)
+            manifest = (read_manifest(index) if resume else
+                        create_index(index, args.from_index / "model.safetensors", m["config"], layouts_of(m),
+                                     m["score_weights"], True, None))
             for start in range(0, args.videos, args.shard):
                 n = min(args.shard, args.videos - start)
-                clip, fr, lengths = spliced(rng, clips, frames, n, args.noise, embed)
+                clip, fr, lengths = spliced(rng, clips, frames, n, args.noise, embed)  # drawn even when kept:
+                if start < done:  # an interrupted build resumes with the very tokens it would have written
+                    continue
                 meta = [{"n_raw_frames": k, "duration": k * FRAME_STEP,
                          "frame_times": [(j + 0.5) * FRAME_STEP for j in range(k)]} for k in lengths]
                 manifest = append_shard(index, manifest, [f"v{start + i:07d}" for i in range(n)],
@@ -118,7 +127,7 @@ def main() -> None:
             t_write = round(time.perf_counter() - t0, 1)
             del clips, frames
         t0 = time.perf_counter()
-        build_ann(index, codes=args.codes)
+        build_ann(index, nlist=args.nlist, codes=args.codes)
         t_ann = round(time.perf_counter() - t0, 1)
         rss_build = round(peak_rss_mb(), 1)
 
@@ -172,7 +181,7 @@ def main() -> None:
               "recall_queries": args.recall_queries, "recall_at_10": round(float(np.mean(rec10)), 4),
               "recall_at_10_min": float(np.min(rec10)), "recall_at_100": round(float(np.mean(rec100)), 4),
               "exact_search_s_per_query": round(statistics.mean(t_exact), 3), "index_write_s": t_write,
-              "ann_build_s": t_ann, "peak_rss_mb_build": rss_build, "peak_rss_mb": round(peak_rss_mb(), 1),
+              "ann_build_s": t_ann, "index_resumed_at_videos": done or None, "peak_rss_mb_build": rss_build, "peak_rss_mb": round(peak_rss_mb(), 1),
               "index_gb": round(sum(f.stat().st_size for f in index.rglob("*") if f.is_file()) / 1e9, 2),
               "threads": torch.get_num_threads()}
     if args.dir is None:

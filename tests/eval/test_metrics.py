@@ -30,5 +30,5 @@ def test_evaluate_independent_of_batching(tiny_data, bsz):
     layout = DatasetLayout(tiny_data, "charades")
     ref = evaluate(model, layout, "test", batch_videos=100, batch_queries=100, keep_scores=True)
     got = evaluate(model, layout, "test", batch_videos=bsz, batch_queries=bsz, keep_scores=True)
-    np.testing.assert_allclose(got.scores, ref.scores, atol=1e-5)
+    np.testing.assert_allclose(got.scores, ref.scores, atol=1.2e-6, rtol=0)  # measured 1.2e-7
     assert got.metrics == pytest.approx(ref.metrics)

@@ -5,6 +5,8 @@ prvr.index.search and prvr.index.store."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -207,13 +209,16 @@ def test_append_shard_writes_then_lists_it(small, tmp_path):
     m = store.create_index(out, index / "model.safetensors", manifest["config"], store.layouts_of(manifest),
                            manifest["score_weights"], True, None)
     assert m["shards"] == [] and m["n_videos"] == 0 and store.read_manifest(out) == m
-    (out / ".shard-00000.tmp").mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f".shard-00000.{dead.pid}.0123abcd.tmp"  # the temporary of a writer that no longer runs
+    stale.mkdir()
     (out / "shard-00000").mkdir()  # an orphan of a killed run
     (out / "shard-00000" / "junk").write_text("x")
     sets = {"clip": [np.ones((32, 32), np.float32)] * 2, "frame": [np.ones((3, 32)), np.ones((5, 32))]}
     m = store.append_shard(out, m, ["a", "b"], sets, [{"duration": 1.0}, {"duration": 2.0}])
     assert m["shards"] == ["shard-00000"] and m["n_videos"] == 2 and store.read_manifest(out) == m
-    assert not (out / ".shard-00000.tmp").exists() and not (out / "shard-00000" / "junk").exists()
+    assert not stale.exists() and not (out / "shard-00000" / "junk").exists()
     s = store.load_shard(out / "shard-00000", ["clip", "frame"])
     assert s.sets["frame"].offsets.tolist() == [0, 3, 8] and s.sets["frame"].tokens.dtype == np.float16
     assert s.sets["clip"].tokens.shape == (64, 32) and s.meta[1] == {"duration": 2.0}

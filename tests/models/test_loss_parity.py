@@ -101,7 +101,7 @@ def test_the_triplet_negatives_are_the_originals(case, mode):
     labels = batch.labels
     for scale, tokens in (("clip", out.clip), ("frame", out.frame)):
         cos = max_similarity(out.query, tokens, normalize=True).detach()  # (N, B)
-        np.testing.assert_allclose(cos.numpy(), t[f"train/{scale}_scale_scores"], atol=ATOL_T, rtol=0)
+        np.testing.assert_allclose(cos.numpy(), t[f"train/{scale}_scale_scores"], atol=2e-6, rtol=0)  # measured 1.5e-7
         pos = labels[:, None] == torch.arange(cos.shape[1])[None]
         order = cos.masked_fill(pos, float("inf")).argsort(dim=1, descending=True)
         k = t[f"draws/{mode}/{scale}_t2v_draw"]

@@ -80,7 +80,7 @@ def test_inference_matches_with_unpadded_frames(golden, loaded):
     short = mask.sum(1) < 128
     with torch.no_grad():
         _, frame, _ = loaded.video_tokens(t(z, "input/clip_feat")[short], frames[short][:, :n], mask[short][:, :n])
-    np.testing.assert_allclose(frame.numpy(), z["output/encoded_frame"][short.numpy()], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(frame.numpy(), z["output/encoded_frame"][short.numpy()], atol=5e-6, rtol=0)  # measured 4.8e-7
 
 
 def test_losses(golden):
@@ -105,4 +105,4 @@ def test_diffusion_schedule(golden, loaded):
     for k in z:
         if k.startswith("diffusion/"):
             np.testing.assert_allclose(coef[k.split("/", 1)[1]], z[k], atol=1e-12, rtol=0)
-            np.testing.assert_allclose(getattr(loaded.diffusion, k.split("/", 1)[1]).numpy(), z[k], atol=1e-6, rtol=0)
+            np.testing.assert_allclose(getattr(loaded.diffusion, k.split("/", 1)[1]).numpy(), z[k], atol=3e-7, rtol=0)  # float32 buffers: measured 2.6e-8

@@ -25,7 +25,7 @@ from prvr.train.optim import make_optimizer
 from tests.conftest import GOLDEN_DIR
 
 # Measured at this commit (2 threads and 1 thread alike):
-TERM_RTOL = 1e-5  # loss terms and total, relative to max(1, |value|); worst 4.8e-7 (QSP at step 9, value 27.7)
+TERM_RTOL = 5e-6  # loss terms and total, relative to max(1, |value|); worst 4.8e-7 (QSP at step 9, value 27.7)
 GRAD_RTOL = 1e-5  # per tensor, relative to its largest entry; worst 4.9e-6 (frame_encoder.e_attns.1.norm2.bias)
 GRAD_FLOOR = 1e-4  # ... or to this fraction of the model's largest gradient for gradients that are zero up to rounding
 CLIPPED_ATOL = 2e-6  # gradients after BertAdam's per-tensor clipping (norm <= 1); worst 2.0e-7

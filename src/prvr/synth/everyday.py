@@ -14,7 +14,7 @@ import numpy as np
 
 from prvr.data.layout import DatasetLayout
 from prvr.data.writer import DatasetWriter
-from prvr.synth.synthetic import FRAME_STEP, frame_clock
+from prvr.synth.clock import FRAME_STEP, frame_clock
 
 ACTIVITIES = """cooking at the stove|chopping vegetables on a board|washing dishes in the sink|drying plates with a towel
 pouring coffee into a mug|making a sandwich|taking a pizza out of the oven|opening the fridge|stirring soup in a pot

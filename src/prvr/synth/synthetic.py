@@ -20,8 +20,7 @@ from prvr.data.layout import DatasetLayout
 from prvr.data.writer import DatasetWriter, write_bigfile
 from prvr.errors import PrvrError
 from prvr.io import check_free_space, check_writable
-
-FRAME_STEP = 0.5  # seconds between synthetic frames (2 fps): a moment reported in frames instead of seconds shows
+from prvr.synth.clock import FRAME_STEP, frame_clock
 
 
 @dataclass(frozen=True)
@@ -154,12 +153,6 @@ def estimated_bytes(p: SynthPreset, bigfile: bool = False) -> int:
     frames = videos * (p.frames[0] + p.frames[1]) / 2 * p.visual_dim * 4
     tokens = videos * (p.events[0] + p.events[1]) / 2 * (p.tokens[0] + p.tokens[1]) / 2 * p.text_dim * 4
     return int(frames * (2 if bigfile else 1) + tokens)
-
-
-def frame_clock(n: int, step: float = FRAME_STEP) -> dict:
-    """Duration and frame times of n frames sampled every `step` seconds, each stamped at the middle of its
-    interval (as `prvr extract` records videos)."""
-    return {"duration": n * step, "frame_times": [(i + 0.5) * step for i in range(n)]}
 
 
 def synthetic_info(layout: DatasetLayout) -> dict:
