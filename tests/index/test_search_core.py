@@ -91,7 +91,7 @@ def test_hits_rank_and_carry_moments_in_seconds(small):
             assert h.frames == (lo, hi) and r.video(h.video_id)["n_raw_frames"] == n
             assert (h.start, h.end) == pytest.approx((lo * FRAME_STEP, hi * FRAME_STEP))
             f_lo, f_hi = r.layouts["frame"].frame_rows(n, h.tokens["frame"])
-            want = (f_lo + 0.5) * FRAME_STEP if f_hi - f_lo == 1 else (f_lo + f_hi) / 2 * FRAME_STEP
+            want = ((f_lo + f_hi - 1) // 2 + 0.5) * FRAME_STEP  # the time stamp of the span's middle frame
             assert h.frame_time == pytest.approx(want)
             assert h.to_dict()["video_id"] == h.video_id
     assert len(r.search_repr(qs[0], k=len(r) + 5, exact=True)) == len(r)  # k beyond the collection: all of it

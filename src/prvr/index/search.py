@@ -436,11 +436,9 @@ class Retriever:
             start, end = lo / n * duration, hi / n * duration
             f_lo, f_hi = (self.layouts[self.frame_set].frame_rows(n, tokens[self.frame_set]) if self.frame_set
                           else (lo, hi))
-            frame_time = (f_lo + f_hi) / 2 / n * duration
+            frame = (f_lo + f_hi - 1) // 2  # the best frame token's middle raw frame (as in `moments`)
             times = meta.get("frame_times")
-            if isinstance(times, list) and len(times) == n and f_hi - f_lo == 1:
-                frame_time = float(times[f_lo])
-            frame = (f_lo + f_hi - 1) // 2
+            frame_time = float(times[frame]) if isinstance(times, list) and len(times) == n else (frame + 0.5) / n * duration
         return Hit(vid, score, set_scores, tokens, start, end, frame_time, (lo, hi), frame)
 
     @torch.no_grad()

@@ -57,7 +57,7 @@ class HLFormerLossConfig(LossConfig):
     query_diversity_weight: float = field(0.003, ge=0.0)
     partial_order_weight: float = field(1e-3, ge=0.0)
     # query diversity (the original's neg_factor): margin, alpha, lambda
-    diversity_margin: float = 0.2
+    diversity_margin: float = field(0.2, ge=-2.0, le=2.0)  # on cosine similarities
     diversity_alpha: float = field(32.0, gt=0.0)
     diversity_lambda: float = field(1.0, ge=0.0)
     margin: float = field(0.2, ge=0.0)  # triplet ranking margin
