@@ -42,7 +42,7 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -rs
+	$(BIN)/python -m pytest -rs -n 2 --dist loadfile  # two workers: much of the suite is single-threaded CLI runs
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --preset charades --batch-videos 128 --steps 3 --json
