@@ -28,9 +28,11 @@ def compared(tmp_path_factory):
 
 
 def test_one_table_of_every_model(compared):
-    _, stdout, _ = compared
-    for text in (*MODELS, "R@1", "R@100", "SumR", "parameters", "s / epoch", "eval s", "index B / video"):
+    _, stdout, result = compared
+    for text in (*MODELS, "R@1", "R@100", "SumR", "params", "s/epoch", "eval s", "B/video"):
         assert text in stdout
+    for r in result["models"]:  # each row as the JSON has it
+        assert f"{r['metrics']['SumR']:.1f}" in stdout and f"{r['parameters']:,}" in stdout
     assert stdout.index("hlformer") < stdout.index("dreamprvr") < stdout.index("holmes")  # the order asked
 
 

@@ -25,6 +25,8 @@ from prvr.train.loop import train
 from prvr.train.rundir import read_metrics
 
 SPLIT = "test"
+# params: parameters; s/epoch: seconds of an epoch's training steps; eval s: test-split evaluation; B/video: index bytes
+HEADERS = ("model", *(f"R@{k}" for k in KS), "SumR", "params", "s/epoch", "eval s", "B/video")
 
 
 @dataclass
@@ -116,7 +118,7 @@ def comparison_table(rows: Sequence[Comparison], title: str = ""):
     t.add_column("model")
     for k in KS:
         t.add_column(f"R@{k}", justify="right")
-    for col in ("SumR", "parameters", "s / epoch", "eval s", "index B / video"):
+    for col in HEADERS[5:]:
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(r.model, *(f"{r.metrics[f'R@{k}']:.1f}" for k in KS), f"{r.metrics['SumR']:.1f}", f"{r.parameters:,}",
@@ -126,8 +128,7 @@ def comparison_table(rows: Sequence[Comparison], title: str = ""):
 
 def markdown_table(rows: Sequence[Comparison]) -> str:
     """The same table in Markdown (for a README)."""
-    head = ["model", *(f"R@{k}" for k in KS), "SumR", "parameters", "s / epoch", "eval s", "index B / video"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + " --- |" * len(HEADERS)]
     for r in rows:
         cells = [r.model, *(f"{r.metrics[f'R@{k}']:.1f}" for k in KS), f"{r.metrics['SumR']:.1f}", f"{r.parameters:,}",
                  f"{r.train_epoch_s:.1f}", f"{r.eval_s:.1f}", f"{r.index_bytes_per_video:,.0f}"]

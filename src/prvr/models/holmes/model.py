@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from prvr.models.base import PRVRModel, QueryRepr, TokenLayout, TokenSet, VideoRepr, max_similarity_scores
+from prvr.models.fused import fused_enabled
 from prvr.models.holmes.config import HolmesConfig
 from prvr.models.layers import (
     AttentionBlock,
@@ -70,8 +71,15 @@ class GaussianMixtureAttention(nn.Module):
             return self._attend(tokens, key_mask)
         # activation checkpointing over chunks of videos: backward recomputes one chunk at a time (same dropout
         # masks: the RNG state is replayed), so the branch activations never exist for the whole batch
-        return torch.cat([checkpoint(self._attend, tokens[i:i + n], None if key_mask is None else key_mask[i:i + n],
-                                     use_reentrant=False) for i in range(0, len(tokens), n)])
+        if not fused_enabled():
+            return torch.cat([checkpoint(self._attend, tokens[i:i + n], None if key_mask is None else key_mask[i:i + n],
+                                         use_reentrant=False) for i in range(0, len(tokens), n)])
+        # fused: the bank's last norm and the fusion run outside the checkpoint and keep their activations (3 MB a
+        # video at frame scale), so the recompute stops before the bank's second feed-forward GEMM
+        z = torch.cat([checkpoint(self.branches.before_final_norm, tokens[i:i + n], tokens[i:i + n],
+                                  None if key_mask is None else key_mask[i:i + n], self.gaussian, use_reentrant=False)
+                       for i in range(0, len(tokens), n)], dim=1)  # (A, B, L, D)
+        return self.fusion(self.branches.final_norm(z), key_mask)
 
     def _attend(self, tokens: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         outputs = self.branches(tokens, tokens, key_mask, self.gaussian)  # (A, B, L, D)
