@@ -7,7 +7,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from prvr.models.fused import drop, dropout_scale, fused_enabled, relu_drop, stacked_layer_norm
 
@@ -164,9 +163,6 @@ class StackedAttentionBlocks(nn.Module):
         self.blocks = nn.ModuleList(AttentionBlock(dim, n_heads, dropout) for _ in range(n_blocks))
         self.n_heads = n_heads
         self.dropout = dropout
-        # > 0: in training keep no attention maps: the attention core (logits, prior, mask, softmax, dropout, x V)
-        # is recomputed in backward, so many videos at a time (see `attention_core`); 0: keep them
-        self.core_recompute_videos = 0
 
     def _stack(self, getter) -> torch.Tensor:
         return torch.stack([getter(b) for b in self.blocks])
@@ -174,7 +170,7 @@ class StackedAttentionBlocks(nn.Module):
     def attention_core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logit_scale: torch.Tensor | None,
                        key_mask: torch.Tensor | None) -> torch.Tensor:
         """q (A, B, h, Lq, dh), k, v (A, B, h, Lk, dh) -> softmax(q k^T / sqrt(dh) * prior + mask), dropped, x v
-        (A, B, h, Lq, dh). The few FLOPs of the block that hold the most memory: cheap to recompute."""
+        (A, B, h, Lq, dh)."""
         dh = q.shape[-1]
         logits = q @ k.transpose(-1, -2)  # (A, B, h, Lq, Lk)
         if logit_scale is not None:
@@ -218,13 +214,7 @@ class StackedAttentionBlocks(nn.Module):
         kv = torch.addmm(bkv.flatten(), context.reshape(B * Lk, D), wkv.flatten(0, 1).T)  # (B*Lk, 2A*D)
         q = q.view(B, Lq, A, h, D // h).permute(2, 0, 3, 1, 4)  # (A, B, h, Lq, dh)
         k, v = (t.permute(2, 0, 3, 1, 4) for t in kv.view(B, Lk, 2, A, h, D // h).unbind(2))  # (A, B, h, Lk, dh)
-        n = self.core_recompute_videos
-        if n:  # the (A, B, h, Lq, Lk) maps exist for n videos at a time, in forward and again in backward
-            o = torch.cat([checkpoint(self.attention_core, q[:, i:i + n], k[:, i:i + n], v[:, i:i + n], logit_scale,
-                                      None if key_mask is None else key_mask[i:i + n], use_reentrant=False)
-                           for i in range(0, B, n)], dim=1)
-        else:
-            o = self.attention_core(q, k, v, logit_scale, key_mask)
+        o = self.attention_core(q, k, v, logit_scale, key_mask)  # (A, B, h, Lq, dh)
         a = o.permute(0, 1, 3, 2, 4).reshape(A, B * Lq, D)  # (A, B*Lq, D)
         y = torch.add(x.reshape(1, B * Lq, D), drop(a, p, tr), alpha=dropout_scale(p, tr) ** 2)
         y = stacked_layer_norm(y, st(lambda b: b.norm1.weight), st(lambda b: b.norm1.bias), self.blocks[0].norm1.eps)

@@ -156,9 +156,6 @@ class LorentzBranches(nn.Module):
                                     for _ in range(n_blocks))
         self.n_heads = n_heads  # (the manifold is the blocks': one more reference would add names to the state dict)
         self.dropout = dropout
-        # > 0: in training keep no attention maps: the attention core (logits, prior, mask, softmax, centroid) is
-        # recomputed in backward, so many videos at a time (see `attention_core`); 0: keep them
-        self.core_recompute_videos = 0
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, priors: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), priors (A, L, L) (ones for the global branch) -> (A, B, L, D)."""
@@ -186,7 +183,7 @@ class LorentzBranches(nn.Module):
     def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor,
                        key_mask: torch.Tensor | None) -> torch.Tensor:
         """Lorentz points q, k, v (A, B, h, L, dh), gain and shift (A, L, L) -> weighted centroids (A, B, h, L, dh) of
-        softmax(<q, k>_L gain + shift, masked): the few FLOPs of the bank that hold the most memory."""
+        softmax(<q, k>_L gain + shift, masked)."""
         sign = torch.ones(q.shape[-1], dtype=q.dtype, device=q.device)
         sign[0] = -1.0
         logits = torch.addcmul(shift[:, None, None], (q * sign) @ k.transpose(-1, -2), gain[:, None, None])
@@ -215,13 +212,7 @@ class LorentzBranches(nn.Module):
         two_s = 2 / st(lambda b: b.attn.scale)[:, :, None]  # (A, 1, 1)
         shift = (two_s + st(lambda b: b.attn.bias)[:, None, None]) * priors  # (A, L, L); the global prior is ones
         gain = two_s * priors  # (A, L, L)
-        n = self.core_recompute_videos
-        if n:  # the (A, B, h, L, L) maps exist for n videos at a time, in forward and again in backward
-            out = torch.cat([checkpoint(self.attention_core, q[:, i:i + n], kk[:, i:i + n], v[:, i:i + n], gain, shift,
-                                        None if key_mask is None else key_mask[i:i + n], use_reentrant=False)
-                             for i in range(0, B, n)], dim=1)
-        else:
-            out = self.attention_core(q, kk, v, gain, shift, key_mask)  # (A, B, h, L, dh)
+        out = self.attention_core(q, kk, v, gain, shift, key_mask)  # (A, B, h, L, dh)
         out = manifold.logmap0(out.transpose(2, 3).reshape(A, M, n1)) / scale  # (A, M, n)
         out = self._projection(out, "out_proj")  # (A, M, D)
         # the transformer layer around it: post-norm residual, feed-forward (4 D)
