@@ -191,7 +191,10 @@ def compare(data: Annotated[Path, typer.Option(help="dataset root")],
         check_writable(json_out, "--json")
     rows = run_compare(names, data, collection, out, preset, resolve_device(device), overrides, overwrite,
                        log=lambda msg: console.print(msg, markup=False, highlight=False, soft_wrap=True))
-    console.print(comparison_table(rows, f"{collection} test split ({', '.join(r.model for r in rows)})"))
+    table = comparison_table(rows, f"{collection} test split ({', '.join(r.model for r in rows)})")
+    from rich.console import Console
+
+    Console(width=max(console.width, 130)).print(table)  # whole numbers, never "230,3…" on a narrow terminal
     if json_out is not None:
         write_json_atomic(json_out, {"data": str(data.expanduser().absolute()), "collection": collection,
                                      "overrides": set_ or [], "device": str(resolve_device(device)),
