@@ -130,12 +130,12 @@ class Holmes(PRVRModel):
         self.reset_parameters()
 
     def set_recompute(self, videos: int) -> None:
-        """Trade compute for memory in training: recompute both branch banks up to their last norm in the backward
-        pass, `videos` videos at a time (0: keep every activation). Results are unchanged. With the norms and the
-        fusions kept, recomputing the frame bank alone left a 128-video step at 0.56 of the original's memory;
-        the clip bank (32 positions against the frames' 128) is recomputed as well, for about a tenth of the
-        memory and a few per cent of time."""
-        self.frame_branch.recompute_videos = self.clip_branch.recompute_videos = max(0, int(videos))
+        """Trade compute for memory in training: recompute the frame branch bank up to its last norm in the backward
+        pass, `videos` videos at a time (0: keep every activation). Results are unchanged. The clip bank (32
+        positions against the frames' 128) keeps its activations: recomputing it as well was measured on a
+        128-video step at more time (66.3 against 59.5 CPU-s) and no less peak memory (5.6 GB against 5.1 GB).
+        """
+        self.frame_branch.recompute_videos = max(0, int(videos))
 
     def reset_parameters(self) -> None:
         """Linear/Embedding N(0, 0.02), biases 0, LayerNorm 1/0 over the whole model, as in the original."""
