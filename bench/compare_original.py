@@ -50,6 +50,24 @@ def run(cmd: list[str]) -> dict:
     return last_json(r.stdout)
 
 
+def run_both(first: list[str], second: list[str], parallel: bool) -> tuple[dict, dict]:
+    """Both sides one after the other, or at the same time (`parallel`: each under the same load of a shared
+    machine, and the pair in the time of the slower; each is still its own process with its own peak RSS)."""
+    if not parallel:
+        return run(first), run(second)
+    procs = []
+    for cmd in (first, second):
+        print("$", " ".join(cmd), "&", flush=True)
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    out = []
+    for cmd, proc in zip((first, second), procs, strict=True):
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{stderr[-3000:]}")
+        out.append(last_json(stdout))
+    return out[0], out[1]
+
+
 def write_train_inputs(path: Path, cfg, n_videos: int) -> None:
     b = random_batch(cfg, n_videos, captions_per_video=(1, 4))  # = bench/train_step.py's batch
     np.savez(path, clip=b.clip.numpy(), frames=b.frames.numpy(), frame_mask=b.frame_mask.numpy(), text=b.text.numpy(),
@@ -74,6 +92,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1, help="timed steps after one warm-up step, each side")
     ap.add_argument("--videos", type=int, default=1334)
     ap.add_argument("--queries", type=int, default=3720)
+    ap.add_argument("--parallel", action="store_true", help="run both sides at the same time (same load)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     cfg = resolve(args.model, args.preset).model
@@ -84,21 +103,25 @@ def main() -> None:
         ours = [sys.executable, "--model", args.model, "--preset", args.preset, "--json"]
         if args.what == "train":
             write_train_inputs(inputs, cfg, args.batch_videos)
-            theirs = run([*original, "--mode", "train", "--steps", str(args.steps)])
-            mine = run([ours[0], str(HERE / "train_step.py"), *ours[1:], "--batch-videos", str(args.batch_videos),
-                        "--steps", str(args.steps)])
+            theirs, mine = run_both([*original, "--mode", "train", "--steps", str(args.steps)],
+                                    [ours[0], str(HERE / "train_step.py"), *ours[1:], "--batch-videos",
+                                     str(args.batch_videos), "--steps", str(args.steps)], args.parallel)
             key, cpu_key = "train_step_s_median", "train_step_cpu_s"
+            size = f"{args.batch_videos}v"
         else:
             write_eval_inputs(inputs, cfg, args.videos, args.queries)
-            theirs = run([*original, "--mode", "eval"])
-            mine = run([ours[0], str(HERE / "evaluate.py"), *ours[1:], "--videos", str(args.videos),
-                        "--queries", str(args.queries)])
+            theirs, mine = run_both([*original, "--mode", "eval"],
+                                    [ours[0], str(HERE / "evaluate.py"), *ours[1:], "--videos", str(args.videos),
+                                     "--queries", str(args.queries)], args.parallel)
             key, cpu_key = "eval_total_s", "eval_cpu_s"
-    result = {"model": args.model, "what": args.what, "preset": args.preset, "original": theirs, "prvr": mine,
+            size = f"{args.videos}v-{args.queries}q"
+    result = {"model": args.model, "what": args.what, "preset": args.preset, "parallel": args.parallel,
+              "original": theirs, "prvr": mine,
               "time_ratio": round(mine[key] / theirs[key], 3),
               "cpu_time_ratio": round(cpu_total(mine[cpu_key]) / cpu_total(theirs[cpu_key]), 3),
               "memory_ratio": round(mine["peak_rss_mb"] / theirs["peak_rss_mb"], 3)}
-    write_result(f"compare_{args.model}_{args.what}_{args.preset}", result, args.json)
+    default = size in ("128v", "1334v-3720q")  # the sizes of bench/results' compare_<model>_<what>_<preset>.json
+    write_result(f"compare_{args.model}_{args.what}_{args.preset}" + ("" if default else f"_{size}"), result, args.json)
 
 
 if __name__ == "__main__":

@@ -192,3 +192,40 @@ def plot(runs: Annotated[list[str], typer.Argument(help="run folders (RUN/metric
     for g in groups:
         console.print(f"{g.label}: {len(g.curves)} run(s), {g.epochs} epochs, last SumR {g.mean('sumr')[-1]:.1f}")
     console.print(f"wrote {out}")
+
+
+@app.command()
+def compare(data: Annotated[Path, typer.Option(help="dataset root")],
+            collection: Annotated[str, typer.Option("--collection", "-c", help="collection under the root")],
+            models: Annotated[str, typer.Option(help="comma-separated registered models")] = "hlformer,dreamprvr,holmes",
+            preset: Annotated[str | None, typer.Option(help="the models' dataset preset (default: the collection's name)")] = None,
+            epochs: Annotated[int | None, typer.Option(min=1, max=100_000, help="shortcut for --set train.epochs=N")] = None,
+            set_: Annotated[list[str] | None, typer.Option("--set", help="section.key=value for every model, repeatable")] = None,
+            out: Annotated[Path, typer.Option(help="folder of the runs (OUT/<model>, each with its test-split index)")] = Path("runs/compare"),
+            json_out: Annotated[Path | None, typer.Option("--json", help="write the rows as JSON")] = None,
+            overwrite: Annotated[bool, typer.Option(help="train again where OUT/<model> holds a run")] = False,
+            device: Device = "auto"):
+    """Train each model with its preset on one dataset, then one table: test R@1/5/10/100 and SumR, parameters,
+    seconds per training epoch, evaluation seconds, index bytes per video. Curves: `prvr plot OUT/<model> ...`."""
+    from prvr.device import resolve_device
+    from prvr.io import check_writable, write_json_atomic
+    from prvr.train.compare import compare as run_compare
+    from prvr.train.compare import comparison_table, parse_models
+
+    names = parse_models(models)
+    overrides = [parse_set(s) for s in set_ or []]
+    if epochs is not None:
+        overrides.append(("train.epochs", epochs))
+    if json_out is not None:
+        check_writable(json_out, "--json")
+    rows = run_compare(names, data, collection, out, preset, resolve_device(device), overrides, overwrite,
+                       log=lambda msg: console.print(msg, markup=False, highlight=False, soft_wrap=True))
+    table = comparison_table(rows, f"{collection} test split ({', '.join(r.model for r in rows)})")
+    from rich.console import Console
+
+    Console(width=max(console.width, 130)).print(table)  # whole numbers, never "230,3…" on a narrow terminal
+    if json_out is not None:
+        write_json_atomic(json_out, {"data": str(data.expanduser().absolute()), "collection": collection,
+                                     "overrides": set_ or [], "device": str(resolve_device(device)),
+                                     "models": [r.to_dict() for r in rows]})
+        console.print(f"written: {json_out}")

@@ -179,6 +179,7 @@ def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, lo
                 sums[k] = sums.get(k, 0.0) + float(v)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         check_finite_weights(model, epoch, last_path)
+        train_seconds = time.time() - t0  # the epoch's training steps alone (`seconds` adds validation and saving)
         train_terms = {k: v / len(loader) for k, v in sums.items()}
         val = evaluate(model, layout, val_split, tc.eval_context_bsz, tc.eval_query_bsz, device,
                        num_workers=tc.num_workers, amp=tc.amp, index=indexes[val_split]).metrics
@@ -191,7 +192,8 @@ def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, lo
         else:
             state["es_cnt"] += 1
         record = {"epoch": epoch, "lr": optimizer.current_lr(), "hard_negative": hard, "train": train_terms,
-                  val_split: val, "seconds": round(time.time() - t0, 2)}
+                  val_split: val, "seconds": round(time.time() - t0, 2),
+                  "train_seconds": round(train_seconds, 2)}
         records.append(record)
         if main:
             rewrite_metrics(log_path, records)  # whole and atomic, before the checkpoint (a resume redoes later epochs)

@@ -161,7 +161,7 @@ class LorentzBranches(nn.Module):
         """x (B, L, D), priors (A, L, L) (ones for the global branch) -> (A, B, L, D)."""
         if not torch.is_grad_enabled() or not fused_enabled():
             return torch.stack([blk(x, key_mask, None if a == 0 else priors[a]) for a, blk in enumerate(self.blocks)])
-        return self._fused(x, key_mask, priors)
+        return self.final_norm(self.before_final_norm(x, key_mask, priors))
 
     def _stack(self, getter) -> torch.Tensor:
         return torch.stack([getter(b) for b in self.blocks])
@@ -179,7 +179,20 @@ class LorentzBranches(nn.Module):
         w = st(lambda b: getattr(b, name).linear.weight) * dropout_scale(p, tr)  # (A, d_out, d_in)
         return torch.baddbmm(st(lambda b: getattr(b, name).linear.bias)[:, None], drop(h, p, tr), w.transpose(1, 2)).relu()
 
-    def _fused(self, x: torch.Tensor, key_mask: torch.Tensor | None, priors: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor,
+                       key_mask: torch.Tensor | None) -> torch.Tensor:
+        """Lorentz points q, k, v (A, B, h, L, dh), gain and shift (A, L, L) -> weighted centroids (A, B, h, L, dh) of
+        softmax(<q, k>_L gain + shift, masked)."""
+        sign = torch.ones(q.shape[-1], dtype=q.dtype, device=q.device)
+        sign[0] = -1.0
+        logits = torch.addcmul(shift[:, None, None], (q * sign) @ k.transpose(-1, -2), gain[:, None, None])
+        if key_mask is not None:
+            logits = logits.masked_fill(key_mask[:, None, None, :] == 0, MASK_FILL)
+        return LorentzManifold.midpoint(v, logits.softmax(dim=-1))
+
+    def before_final_norm(self, x: torch.Tensor, key_mask: torch.Tensor | None, priors: torch.Tensor) -> torch.Tensor:
+        """The fused blocks up to their last LayerNorm -> residual sums (A, B, L, D) (see `StackedAttentionBlocks`)."""
         A, h, p, tr, st = len(self.blocks), self.n_heads, self.dropout, self.training, self._stack
         B, L, D = x.shape
         manifold = self.blocks[0].manifold
@@ -198,12 +211,8 @@ class LorentzBranches(nn.Module):
         # ((2 + 2 <q, k>_L) / s + b) * prior as one fused pass: <q, k>_L * (2 prior / s) + (2 / s + b) prior
         two_s = 2 / st(lambda b: b.attn.scale)[:, :, None]  # (A, 1, 1)
         shift = (two_s + st(lambda b: b.attn.bias)[:, None, None]) * priors  # (A, L, L); the global prior is ones
-        sign = torch.ones(n1 // h, dtype=q.dtype, device=q.device)
-        sign[0] = -1.0
-        logits = torch.addcmul(shift[:, None, None], (q * sign) @ kk.transpose(-1, -2), (two_s * priors)[:, None, None])
-        if key_mask is not None:
-            logits = logits.masked_fill(key_mask[:, None, None, :] == 0, MASK_FILL)
-        out = LorentzManifold.midpoint(v, logits.softmax(dim=-1))  # (A, B, h, L, dh)
+        gain = two_s * priors  # (A, L, L)
+        out = self.attention_core(q, kk, v, gain, shift, key_mask)  # (A, B, h, L, dh)
         out = manifold.logmap0(out.transpose(2, 3).reshape(A, M, n1)) / scale  # (A, M, n)
         out = self._projection(out, "out_proj")  # (A, M, D)
         # the transformer layer around it: post-norm residual, feed-forward (4 D)
@@ -214,9 +223,14 @@ class LorentzBranches(nn.Module):
         hdn = torch.baddbmm(st(lambda b: b.ffn.fc1.bias)[:, None], y, st(lambda b: b.ffn.fc1.weight).transpose(1, 2))
         hdn = relu_drop(hdn, p, tr)  # (A, M, 4D)
         f = torch.baddbmm(st(lambda b: b.ffn.fc2.bias)[:, None], hdn, (st(lambda b: b.ffn.fc2.weight) * ds).transpose(1, 2))
-        y = torch.add(y, drop(f, p, tr), alpha=ds)
-        y = stacked_layer_norm(y, st(lambda b: b.norm2.weight), st(lambda b: b.norm2.bias), blk.norm2.eps)
-        return y.view(A, B, L, D)
+        return torch.add(y, drop(f, p, tr), alpha=ds).view(A, B, L, D)
+
+    def final_norm(self, z: torch.Tensor) -> torch.Tensor:
+        """The blocks' last LayerNorm (fused path): (A, B, L, D) residual sums -> (A, B, L, D)."""
+        st = self._stack
+        y = stacked_layer_norm(z.flatten(1, 2), st(lambda b: b.norm2.weight), st(lambda b: b.norm2.bias),
+                               self.blocks[0].norm2.eps)
+        return y.view(z.shape)
 
 
 class MeanGuidedFusion(nn.Module):
@@ -274,8 +288,37 @@ class HLFormerBlock(nn.Module):
             return self._attend(tokens, key_mask)
         # activation checkpointing over chunks of videos: backward recomputes one chunk at a time (same dropout
         # masks: the RNG state is replayed), so the branch activations never exist for the whole batch
-        return torch.cat([checkpoint(self._attend, tokens[i:i + n], None if key_mask is None else key_mask[i:i + n],
-                                     use_reentrant=False) for i in range(0, len(tokens), n)])
+        if not fused_enabled():
+            return torch.cat([checkpoint(self._attend, tokens[i:i + n], None if key_mask is None else key_mask[i:i + n],
+                                         use_reentrant=False) for i in range(0, len(tokens), n)])
+        # fused: the banks' last norms and the fusion run outside the checkpoint and keep their activations, so the
+        # recompute stops before each bank's second feed-forward GEMM
+        z = torch.cat([checkpoint(self._before_final_norms, tokens[i:i + n],
+                                  None if key_mask is None else key_mask[i:i + n], use_reentrant=False)
+                       for i in range(0, len(tokens), n)], dim=1)  # (A, B, L, D)
+        return self._fuse(self._final_norms(z), key_mask)
+
+    def _banks(self) -> list[nn.Module]:
+        return [bank for bank in (self.euclidean, self.lorentz) if bank is not None]
+
+    def _before_final_norms(self, tokens: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """Fused training path: every bank up to its last norm -> (A, B, L, D), the banks in `_attend`'s order."""
+        parts = [self.euclidean.before_final_norm(tokens, tokens, key_mask, self.priors)] if self.euclidean is not None else []
+        if self.lorentz is not None:
+            parts.append(self.lorentz.before_final_norm(tokens, key_mask, self.priors))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _final_norms(self, z: torch.Tensor) -> torch.Tensor:
+        banks = self._banks()
+        if len(banks) == 1:
+            return banks[0].final_norm(z)
+        sizes = [len(b.blocks) for b in banks]
+        return torch.cat([b.final_norm(part) for b, part in zip(banks, z.split(sizes), strict=True)])
+
+    def _fuse(self, outputs: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.fusion is None:
+            return outputs.mean(dim=0)
+        return self.fusion(outputs, key_mask)
 
     def _attend(self, tokens: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         outputs = []
@@ -284,6 +327,4 @@ class HLFormerBlock(nn.Module):
         if self.lorentz is not None:
             outputs.append(self.lorentz(tokens, key_mask, self.priors))
         outputs = outputs[0] if len(outputs) == 1 else torch.cat(outputs)  # (A, B, L, D)
-        if self.fusion is None:
-            return outputs.mean(dim=0)
-        return self.fusion(outputs, key_mask)
+        return self._fuse(outputs, key_mask)
