@@ -34,6 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+from common import cpu_model  # noqa: E402
+
 from prvr.train.curves import CurveGroup, plot_curves, read_curve  # noqa: E402
 
 BATCH = 32
@@ -87,16 +90,6 @@ def git_commit() -> str:
     """HEAD of this checkout (or PRVR_GIT_COMMIT for a copy made with `git archive`, which has no .git)."""
     out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     return out or os.environ.get("PRVR_GIT_COMMIT", "")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from prvr.models.fused import drop, dropout_scale, fused_enabled, relu_drop, stacked_layer_norm
 from prvr.models.hlformer.lorentz import LorentzManifold
-from prvr.models.layers import AttentionBlock, FeedForward, Projection, StackedAttentionBlocks
+from prvr.models.layers import BranchFusion, FeedForward, Projection, StackedAttentionBlocks
 
 MASK_FILL = -1e18  # masked keys of the Lorentz attention (a fill, not an additive mask)
 
@@ -233,31 +233,6 @@ class LorentzBranches(nn.Module):
         return y.view(z.shape)
 
 
-class MeanGuidedFusion(nn.Module):
-    """MAIM: a weight token (the mean over branches and positions, padding included) cross-attends to each branch;
-    two linear layers turn the A results into per-position logits; softmax over branches (temperature) fuses."""
-
-    def __init__(self, dim: int, length: int, n_heads: int, dropout: float, temperature: float):
-        super().__init__()
-        self.cross_attn = AttentionBlock(dim, n_heads, dropout, ffn_mult=1)
-        self.hidden = nn.Linear(dim, dim)
-        self.logits = nn.Linear(dim, length)
-        self.drop = nn.Dropout(dropout)
-        self.temperature = temperature
-
-    def branch_weights(self, outputs: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        """outputs (A, B, L, D) -> weights (B, A, L), summing to 1 over A."""
-        A, B, L, D = outputs.shape
-        token = outputs.mean(dim=(0, 2))[:, None]  # (B, 1, D)
-        mask = None if key_mask is None else key_mask.repeat(A, 1)  # (A*B, L)
-        u = self.cross_attn(token.repeat(A, 1, 1), key_mask=mask, context=outputs.reshape(A * B, L, D))
-        u = u.view(A, B, D).transpose(0, 1)  # (B, A, D)
-        return (self.logits(self.drop(F.relu(self.hidden(u)))) / self.temperature).softmax(dim=1)
-
-    def forward(self, outputs: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        return torch.einsum("bal,abld->bld", self.branch_weights(outputs, key_mask), outputs)
-
-
 class HLFormerBlock(nn.Module):
     """Euclidean Gaussian attention blocks and Lorentz attention blocks (widths global, 2, 4, ...) over a fixed-length
     sequence (32 clips or 128 frames), fused per position. `spaces` and `fusion` are the paper's ablations."""
@@ -270,7 +245,7 @@ class HLFormerBlock(nn.Module):
         self.euclidean = StackedAttentionBlocks(per_space, dim, n_heads, dropout) if spaces != "lorentz" else None
         self.lorentz = (LorentzBranches(per_space, dim, lorentz_dim, n_heads, dropout, manifold)
                         if spaces != "euclidean" else None)
-        self.fusion = MeanGuidedFusion(dim, length, n_heads, dropout, temperature) if fusion == "adaptive" else None
+        self.fusion = BranchFusion(dim, length, n_heads, dropout, temperature) if fusion == "adaptive" else None  # MAIM
         self.register_buffer("priors", gaussian_kernels(length, per_space), persistent=False)  # (A_s, L, L)
 
     def clamp_parameters(self) -> None:
