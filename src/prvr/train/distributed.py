@@ -101,7 +101,7 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 def gather_outputs(outputs, labels: torch.Tensor, n_videos: int):
     """The global batch's training outputs on every rank: each field of `type(outputs).batch_dims` gathered along
     its batch dimension, with gradient, in rank order; labels (N_local,) offset by the videos of earlier ranks.
-    A "shared" field (equal on every rank) stays: each rank's loss differentiates it fully and DDP's average of R
+    A "replicated" field (equal on every rank) stays: each rank's loss differentiates it fully and DDP's average of R
     equal gradients is that gradient. A model whose outputs mix queries and videos (an (N, B) score matrix made in
     its forward pass) cannot be gathered this way and declares no batch_dims."""
     dims = getattr(type(outputs), "batch_dims", None)
@@ -116,11 +116,11 @@ def gather_outputs(outputs, labels: torch.Tensor, n_videos: int):
     new = {}
     for name, (kind, dim) in dims.items():
         v = getattr(outputs, name)
-        if kind == "shared":  # the same on every rank (e.g. a learned scalar): each rank's loss uses its own
+        if kind == "replicated":  # the same on every rank (e.g. a learned scalar): each rank's loss uses its own
             continue
         if kind not in ("videos", "queries"):
             raise PrvrError(f"{type(outputs).__name__}.batch_dims[{name!r}]: kind {kind!r}, expected videos, "
-                            "queries or shared")
+                            "queries or replicated")
         if torch.is_tensor(v):
             new[name] = dist.gather_cat(v, dim, grad=v.requires_grad and torch.is_grad_enabled())
     sizes = dist.gather_cat(torch.tensor([n_videos], device=labels.device))  # (world,)

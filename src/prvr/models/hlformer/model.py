@@ -30,10 +30,10 @@ class TrainOutputs:
     hyp_video: torch.Tensor  # (B, D) video points
 
     # what distributed training gathers across processes: field -> (videos | queries | shared, batch dimension);
-    # "shared" (the curvature) is the same on every process and is not gathered
+    # "replicated" (the curvature) is the same on every process and is not gathered
     batch_dims: ClassVar[dict[str, tuple[str, int]]] = {
         "query": ("queries", 0), "query_second": ("queries", 0), "clip": ("videos", 0), "frame": ("videos", 0),
-        "frame_mask": ("videos", 0), "curv": ("shared", 0), "hyp_query": ("queries", 0), "hyp_video": ("videos", 0)}
+        "frame_mask": ("videos", 0), "curv": ("replicated", 0), "hyp_query": ("queries", 0), "hyp_video": ("videos", 0)}
 
 
 
