@@ -162,7 +162,7 @@ def test_branches_fusion_and_lorentz_maps(small, model, batch):
             points = blk.manifold.expmap0(blk.in_proj(x) * blk.scale_alpha.exp())
             close(points, z, f"debug/clip_h{i}_lorentz_in")
             close(blk.attn(points, None, None if i == 0 else enc.priors[i]), z, f"debug/clip_h{i}_lorentz_out")
-        xf, mask = model._pad_frames(batch.frames, batch.frame_mask)
+        xf, mask = model.pad_frames(batch.frames, batch.frame_mask)
         xf = model.frame_pos(model.frame_proj(xf))
         fb = model.frame_encoder
         frame_branches = torch.cat([fb.euclidean(xf, xf, mask, fb.priors), fb.lorentz(xf, mask, fb.priors)])

@@ -153,7 +153,7 @@ def test_gaussian_mixture_blocks(small):
     batch = batch_of(z)
     with torch.no_grad():
         clip_in = model.clip_pos(model.clip_proj(batch.clip))
-        frames, mask = model._pad_frames(batch.frames, batch.frame_mask)
+        frames, mask = model.pad_frames(batch.frames, batch.frame_mask)
         frame_in = model.frame_pos(model.frame_proj(frames))
         for name, block, x, m in (("clip", model.clip_branch, clip_in, None), ("frame", model.frame_branch, frame_in, mask)):
             outputs = block.branches(x, x, m, block.gaussian)  # (A, B, L, D)

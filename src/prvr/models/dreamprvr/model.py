@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prvr.models.base import per_item_normal
@@ -133,16 +132,6 @@ class DreamPRVR(ClipFrameModel):
             x = self.diffusion.step(x, self.denoiser(x, tt, cond), t, noise)
         return x
 
-    def _pad_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor):
-        F_max = self.cfg.max_ctx_l
-        n = frames.shape[1]
-        if n > F_max:
-            raise ValueError(f"{n} frames exceed max_ctx_l={F_max}; sample frames first (prvr.data.frame_sequence)")
-        if n < F_max:
-            frames = F.pad(frames, (0, 0, 0, F_max - n))
-            frame_mask = F.pad(frame_mask, (0, F_max - n))
-        return frames, frame_mask  # (B, F, Dv), (B, F)
-
     def _encode_tokens(self, clip_tokens, frames, frame_mask, registers):
         clip_out = self.clip_branch(clip_tokens, registers)  # (B, Kc, D)
         frame_tokens = self.frame_pos(self.frame_proj(frames))  # (B, F, D)
@@ -152,7 +141,7 @@ class DreamPRVR(ClipFrameModel):
     def video_tokens(self, clip: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor):
         """Inference path: clip (B, Kc, Dv), frames (B, F<=128, Dv), frame_mask (B, F)
         -> clip tokens (B, Kc, D), frame tokens (B, max_ctx_l, D) zero at padding, frame mask (B, max_ctx_l)."""
-        frames, frame_mask = self._pad_frames(frames, frame_mask)
+        frames, frame_mask = self.pad_frames(frames, frame_mask)
         clip_tokens = self.clip_pos(self.clip_proj(clip))  # (B, Kc, D)
         registers = None
         if self.cfg.use_registers:
@@ -168,7 +157,7 @@ class DreamPRVR(ClipFrameModel):
         the textual perturbation sampler, (B, K, D) each, instead of drawing them."""
         B = clip.shape[0]
         query_first = self.query_embedding(text, text_mask)  # (N, D)
-        frames, frame_mask = self._pad_frames(frames, frame_mask)
+        frames, frame_mask = self.pad_frames(frames, frame_mask)
         clip_tokens = self.clip_pos(self.clip_proj(clip))  # (B, Kc, D)
         out = {}
         registers = None

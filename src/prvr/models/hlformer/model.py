@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prvr.models.family import ClipFrameModel, init_family_weights
@@ -81,20 +80,10 @@ class HLFormer(ClipFrameModel):
         return self(batch.clip, batch.frames, batch.frame_mask, batch.text, batch.text_mask)
 
     # ---------------------------------------------------------------- encoders
-    def _pad_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor):
-        F_max = self.cfg.max_ctx_l
-        n = frames.shape[1]
-        if n > F_max:
-            raise ValueError(f"{n} frames exceed max_ctx_l={F_max}; sample frames first (prvr.data.frame_sequence)")
-        if n < F_max:  # the frame block has one fusion logit per position: always max_ctx_l of them
-            frames = F.pad(frames, (0, 0, 0, F_max - n))
-            frame_mask = F.pad(frame_mask, (0, F_max - n))
-        return frames, frame_mask  # (B, F, Dv), (B, F)
-
     def video_tokens(self, clip: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor):
         """clip (B, Kc, Dv), frames (B, F<=max_ctx_l, Dv), frame_mask (B, F) -> clip tokens (B, Kc, D),
         frame tokens (B, max_ctx_l, D) zero at padding, frame mask (B, max_ctx_l)."""
-        frames, frame_mask = self._pad_frames(frames, frame_mask)
+        frames, frame_mask = self.pad_frames(frames, frame_mask)
         clip_out = self.clip_encoder(self.clip_pos(self.clip_proj(clip)))  # (B, Kc, D)
         frame_out = self.frame_encoder(self.frame_pos(self.frame_proj(frames)), frame_mask)  # (B, F, D)
         return clip_out, frame_out * frame_mask[..., None], frame_mask
