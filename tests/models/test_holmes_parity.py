@@ -128,19 +128,21 @@ def test_forward_outputs(small):
         videos, queries = model.encode_videos(batch), model.encode_queries(batch)
         per_set, score = model.set_scores(queries, videos), model.score(queries, videos)
         train = model.forward_train(batch)  # eval mode: the two query passes agree, as in the reference
+        train_scores = train.scores()
     assert meta["score_weights"] == [model.score_weights()["clip"], model.score_weights()["frame"]]
     checks = [("encoded_clip", videos.sets["clip"].tokens), ("encoded_frame", videos.sets["frame"].tokens),
               ("query_embedding", queries.vectors[:, 0]), ("clip_scale_scores", per_set["clip"]),
               ("frame_scale_scores", per_set["frame"]), ("score", score),
-              ("clip_scale_scores", train.clip_scores), ("clip_scale_scores_unnorm", train.clip_scores_raw),
-              ("frame_scale_scores", train.frame_scores), ("frame_scale_scores_unnorm", train.frame_scores_raw),
+              ("clip_scale_scores", train_scores.clip), ("clip_scale_scores_unnorm", train_scores.clip_raw),
+              ("frame_scale_scores", train_scores.frame), ("frame_scale_scores_unnorm", train_scores.frame_raw),
               ("query_embedding", train.query_second)]
     if variant == "holmes-multi":
         assert queries.targets == ("clip",) + ("frame",) * batch.text.shape[1]
         with torch.no_grad():
             tokens = model.frame_query_tokens(batch.text, batch.text_mask)
         checks += [("frame_query_tokens", tokens), ("token_weights", queries.weights[:, 1:]),
-                   ("frame_query_tokens", queries.vectors[:, 1:])]
+                   ("frame_query_tokens", queries.vectors[:, 1:]), ("frame_query_tokens", train.query_tokens),
+                   ("token_weights", train.token_weights), ("token_weights_unnorm", train.token_weights_raw)]
     for name, ours in checks:
         close(ours, z[f"output/{name}"], name, atol=ATOL if "encoded" in name or "unnorm" in name or "query" in name
               else SCORE_ATOL)
@@ -191,11 +193,14 @@ def _single_repr(model, probe, frames, mask):
 
 # ------------------------------------------------------------------------------------------------ losses
 def golden_outputs(z: dict) -> TrainOutputs:
-    """The original forward outputs the recorded loss calls were made on."""
+    """The original forward outputs the recorded loss calls were made on (the loss makes its score matrices from
+    these tokens: `test_loss_terms` compares them with the recorded ones)."""
+    multi = {}
+    if "output/frame_query_tokens" in z:
+        multi = dict(query_tokens=t(z, "output/frame_query_tokens"), token_weights=t(z, "output/token_weights"),
+                     token_weights_raw=t(z, "output/token_weights_unnorm"))
     return TrainOutputs(t(z, "output/query_embedding"), t(z, "output/query_embedding"), t(z, "output/encoded_clip"),
-                        t(z, "output/encoded_frame"), t(z, "input/frame_mask"), t(z, "output/clip_scale_scores"),
-                        t(z, "output/clip_scale_scores_unnorm"), t(z, "output/frame_scale_scores"),
-                        t(z, "output/frame_scale_scores_unnorm"))
+                        t(z, "output/encoded_frame"), t(z, "input/frame_mask"), **multi)
 
 
 def recorded_draws(z: dict, prefix: str) -> dict[str, torch.Tensor]:
@@ -222,7 +227,11 @@ def test_loss_terms(small, mode):
     step = TrainStep(epoch=cfg.loss.refine_start_epoch if hard else 0, hard_negative=hard,
                      extras={"draws": recorded_draws(z, f"loss/draws/{mode}/")})
     labels = t(z, "input/labels")
-    total, terms = HolmesLoss(cfg.loss, cfg.model)(golden_outputs(z), labels, step)
+    outputs = golden_outputs(z)
+    for name, ours in zip(("clip_scale_scores", "clip_scale_scores_unnorm", "frame_scale_scores",
+                           "frame_scale_scores_unnorm"), outputs.scores(), strict=True):
+        close(ours, z[f"output/{name}"], name, atol=ATOL if "unnorm" in name else SCORE_ATOL)
+    total, terms = HolmesLoss(cfg.loss, cfg.model)(outputs, labels, step)
     expected = {"clip_nce", "frame_nce", "clip_triplet", "frame_triplet", "query_diversity", "frame_edl", "clip_edl",
                 "combine_edl"} | ({"intra_video_edl"} if hard else set()) | ({"consistency"} if multi else set())
     assert set(terms) == expected

@@ -1,5 +1,6 @@
-"""Run under torchrun (2 CPU processes, gloo): two DDP training steps of DreamPRVR (dropout off, every loss term on,
-random then hard triplet negatives) on a global batch split over the ranks, against one process training the
+"""Run under torchrun (2 CPU processes, gloo): two DDP training steps of a model (dropout off, every loss term on,
+random then hard triplet negatives; the second step past warm-up where a loss has one, e.g. Holmes' calibrated
+labels and intra-video term) on a global batch split over the ranks, against one process training the
 whole batch with the same draws generator; rank 0 writes the largest differences as JSON to argv[1].
 
 For contrast, the same steps without the gather (every rank's loss sees only its own videos, the usual wrong
@@ -57,17 +58,18 @@ def main(out: str, model_name: str) -> None:
     plain_opt = make_optimizer(plain, cfg.train, 10)
     ddp, ddp_plain = wrap(model, torch.device("cpu")), wrap(plain, torch.device("cpu"))
     err = {"loss": 0.0, "terms": 0.0, "grad": 0.0, "weights": 0.0, "plain_grad": 0.0}
-    terms_seen: list[str] = []
+    terms_seen: set[str] = set()
     for step in range(STEPS):
         batch = global_batch(cfg.model, 100 + step)
-        ts = lambda g, hard=step == 1: TrainStep(0, hard_negative=hard, generator=g)  # noqa: E731
+        epoch = step * getattr(cfg.loss, "refine_start_epoch", 0)
+        ts = lambda g, hard=step == 1, e=epoch: TrainStep(e, hard_negative=hard, generator=g)  # noqa: E731
         g_ref, g_ddp, g_plain = (torch.Generator().manual_seed(7 + step) for _ in range(3))
         ref_loss, ref_terms = train_step(reference, criterion, ref_opt, batch, ts(g_ref), share=BatchShare(g_ref))
         local, share = local_part(batch, g_ddp, d.rank, d.world)
         loss, terms = train_step(model, criterion, opt, local, ts(g_ddp), share=share, forward=ddp,
                                  gather=lambda o, lab, n=len(local.clip): gather_outputs(o, lab, n))
         train_step(plain, criterion, plain_opt, local, ts(g_plain), share=BatchShare(g_plain), forward=ddp_plain)
-        terms_seen = sorted(terms)
+        terms_seen |= set(terms)
         err["loss"] = max(err["loss"], abs(float(loss.detach()) - float(ref_loss.detach())))
         err["terms"] = max(err["terms"], *(abs(float(terms[k]) - float(ref_terms[k])) for k in ref_terms))
         for (name, p), q, r in zip(model.named_parameters(), reference.parameters(), plain.parameters(), strict=True):
@@ -81,7 +83,7 @@ def main(out: str, model_name: str) -> None:
     if d.main:
         worst = {k: max(e[k] for e in gathered) for k in err}
         with open(out, "w") as f:
-            json.dump({"world": d.world, "term_names": terms_seen, **worst}, f)
+            json.dump({"world": d.world, "term_names": sorted(terms_seen), **worst}, f)
     dist.shutdown()
 
 

@@ -36,7 +36,10 @@ def records(run_dir: Path) -> list[dict]:
 
 TERMS = {"dreamprvr": ["clip_nce", "clip_triplet", "frame_nce", "frame_triplet", "query_diversity",
                        "query_similarity_preservation", "kl", "diffusion"],
-         "hlformer": ["clip_nce", "clip_triplet", "frame_nce", "frame_triplet", "query_diversity", "partial_order"]}
+         "hlformer": ["clip_nce", "clip_triplet", "frame_nce", "frame_triplet", "query_diversity", "partial_order"],
+         "holmes": ["clip_edl", "clip_nce", "clip_triplet", "combine_edl", "frame_edl", "frame_nce", "frame_triplet",
+                    "intra_video_edl", "query_diversity"],
+         "maxsim": ["nce"]}
 
 
 @pytest.mark.parametrize("model", sorted(TERMS))
@@ -161,3 +164,32 @@ def test_shard_ranges_cover_in_order():
         assert all(lo % align == 0 for lo, _ in parts if lo < n)  # shares start on batch boundaries
     assert [dist.shard_range(10, r, 2, 4) for r in range(2)] == [(0, 8), (8, 10)]
     assert dist.split_sizes(7, 3) == [3, 2, 2]
+
+
+def test_holmes_trains_on_two_ranks(tiny_data, tmp_path):
+    """Holmes' losses are made from gathered tokens (its outputs declare batch_dims), so `--nproc` trains it."""
+    run("train", "--model", "holmes", "--preset", "tiny", "--data", tiny_data, "--epochs", "1", "--quiet",
+        "--device", "cpu", "--nproc", "2", "--out", tmp_path / "run")
+    (rec,) = records(tmp_path / "run")
+    assert rec["epoch"] == 0 and "intra_video_edl" not in rec["train"] and np.isfinite(rec["train"]["loss"])
+
+
+def test_nproc_failure_is_one_line(tmp_path):
+    """A rank's user error ends `prvr train --nproc 2` with that one line and exit code 2: no launcher
+    traceback, no line per rank."""
+    r = subprocess.run([sys.executable, "-m", "prvr", "train", "--preset", "tiny", "--data", tmp_path / "none",
+                        "--quiet", "--device", "cpu", "--nproc", "2", "--out", tmp_path / "run"],
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "caption file not found" in lines[0], r.stderr
+
+
+def test_other_rank_errors_are_the_lines_rank_0_did_not_print(tmp_path):
+    from prvr.cli.errors import other_rank_errors
+
+    (tmp_path / "rank-0.txt").write_text("error: a\n")
+    (tmp_path / "rank-1.txt").write_text("error: a\n")
+    (tmp_path / "rank-2.txt").write_text("error: b\n")
+    (tmp_path / "rank-10.txt").write_text("error: b\n")
+    assert other_rank_errors(tmp_path) == ["error: rank 2: b"]

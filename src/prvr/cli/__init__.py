@@ -15,6 +15,7 @@ from prvr.cli import (
     train,  # noqa: F401
 )
 from prvr.cli.common import app
+from prvr.cli.errors import report
 from prvr.errors import PrvrError
 
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, prog_name="prvr", standalone_mode=False)
     except PrvrError as e:
-        print(f"error: {_user_message(e)}", file=sys.stderr)
+        report(f"error: {_user_message(e)}")
         sys.exit(2)
     except typer.TyperException as e:  # bad options and arguments: one line, the allowed values in it
         ctx = getattr(e, "ctx", None)

@@ -67,10 +67,17 @@ def train(preset: Annotated[str | None, typer.Option(help="dataset preset of the
 
 
 def _relaunch(nproc: int) -> None:
-    """`prvr train ... --nproc N`: the same command on N local processes through torchrun (its exit code)."""
+    """`prvr train ... --nproc N`: the same command on N local processes through torchrun, launched here so that
+    a failing rank ends it with that rank's one-line error and exit code, not the launcher's traceback."""
+    import logging
     import os
-    import subprocess
     import sys
+    import tempfile
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    from prvr.cli.errors import RANK_ERRORS, other_rank_errors
 
     if "RANK" in os.environ:
         raise PrvrError("--nproc: already running under torchrun (drop --nproc, torchrun sets the processes)")
@@ -82,9 +89,20 @@ def _relaunch(nproc: int) -> None:
             skip = True
         elif not a.startswith("--nproc="):
             args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "prvr",
-           *args]
-    raise typer.Exit(subprocess.call(cmd))
+    launch = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "prvr", *args])
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its traceback and warnings
+    with tempfile.TemporaryDirectory(prefix="prvr-ranks-") as errors:
+        os.environ[RANK_ERRORS] = errors  # the ranks' one-line errors, for the lines rank 0 did not print
+        try:
+            run(launch)
+        except ChildFailedError as e:
+            for line in other_rank_errors(errors):
+                print(line, file=sys.stderr)
+            code = e.get_first_failure()[1].exitcode
+            raise typer.Exit(code if code > 0 else 1) from None
+        finally:
+            os.environ.pop(RANK_ERRORS, None)
+    raise typer.Exit(0)
 
 
 @app.command("eval")

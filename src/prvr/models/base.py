@@ -171,6 +171,17 @@ def set_similarities(queries: QueryRepr, tokens: TokenSet, layout: TokenLayout, 
     return sims
 
 
+def pad_frames(frames: torch.Tensor, frame_mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """frames (B, F, Dv), frame_mask (B, F) -> zero-padded to `length` positions, (B, length, Dv), (B, length)."""
+    n = frames.shape[1]
+    if n > length:
+        raise ValueError(f"{n} frames exceed max_ctx_l={length}; sample frames first (prvr.data.frame_sequence)")
+    if n < length:
+        frames = F.pad(frames, (0, 0, 0, length - n))
+        frame_mask = F.pad(frame_mask, (0, length - n))
+    return frames, frame_mask
+
+
 def max_similarity_scores(queries: QueryRepr, videos: VideoRepr, layouts: dict[str, TokenLayout]
                           ) -> dict[str, torch.Tensor]:
     """Per token set s: sum over the rows aimed at s of a_m * max_l cos(q_m, token_{s,l}) -> (N, B) each."""

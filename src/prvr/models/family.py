@@ -6,10 +6,9 @@ w_c max cos(q, clips) + w_f max cos(q, frames), and the authors' initialisation.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from prvr.models.base import PRVRModel, QueryRepr, TokenLayout, TokenSet, VideoRepr
+from prvr.models.base import PRVRModel, QueryRepr, TokenLayout, TokenSet, VideoRepr, pad_frames
 from prvr.models.layers import AttentionBlock, PositionalEncoding, Projection
 
 SETS = ("clip", "frame")
@@ -48,16 +47,9 @@ class ClipFrameModel(PRVRModel):
         return torch.einsum("nl,nld->nd", logits.softmax(dim=-1), x)
 
     def pad_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames (B, F, Dv), frame_mask (B, F) -> padded to max_ctx_l positions: the frame branch has one fusion
-        logit per position, so it always sees max_ctx_l of them."""
-        F_max = self.cfg.max_ctx_l
-        n = frames.shape[1]
-        if n > F_max:
-            raise ValueError(f"{n} frames exceed max_ctx_l={F_max}; sample frames first (prvr.data.frame_sequence)")
-        if n < F_max:
-            frames = F.pad(frames, (0, 0, 0, F_max - n))
-            frame_mask = F.pad(frame_mask, (0, F_max - n))
-        return frames, frame_mask  # (B, F_max, Dv), (B, F_max)
+        """Padded to max_ctx_l positions: the frame branch has one fusion logit per position, so it always sees
+        max_ctx_l of them."""
+        return pad_frames(frames, frame_mask, self.cfg.max_ctx_l)
 
     def video_tokens(self, clip: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor):
         """-> clip tokens (B, Kc, D), frame tokens (B, F, D), frame mask (B, F)."""

@@ -72,23 +72,24 @@ class HolmesLoss(ModelLoss):
         c = self.cfg
         refine = step.epoch >= c.refine_start_epoch
         draws = step.extras.get("draws") or {}
+        s = out.scores()  # (N, B) each
         terms: dict[str, tuple[float, torch.Tensor]] = {
-            "clip_nce": (c.clip_nce_weight, info_nce(out.clip_scores_raw, labels)),
-            "frame_nce": (c.frame_nce_weight, info_nce(out.frame_scores_raw, labels)),
+            "clip_nce": (c.clip_nce_weight, info_nce(s.clip_raw, labels)),
+            "frame_nce": (c.frame_nce_weight, info_nce(s.frame_raw, labels)),
         }
-        for view, scores in (("frame", out.frame_scores), ("clip", out.clip_scores)):  # the original's draw order
+        for view, scores in (("frame", s.frame), ("clip", s.clip)):  # the original's draw order
             terms[f"{view}_triplet"] = (1.0, triplet_ranking(scores, labels, c.margin, step.hard_negative,
                                                              c.hard_pool_size, draws.get(f"{view}_t2v"),
                                                              draws.get(f"{view}_v2t"), step.generator))
         terms["query_diversity"] = (c.query_diversity_weight, query_diversity(
             out.query_second, labels, c.diversity_margin, c.diversity_alpha, c.diversity_lambda))
-        frame_alpha, clip_alpha = dirichlet_alpha(out.frame_scores, c.edl_tau), dirichlet_alpha(out.clip_scores, c.edl_tau)
+        frame_alpha, clip_alpha = dirichlet_alpha(s.frame, c.edl_tau), dirichlet_alpha(s.clip, c.edl_tau)
         if c.inter_video_edl:
             if refine and c.query_identification:
-                y = refined_labels(out.frame_scores, out.clip_scores, labels, frame_alpha, clip_alpha,
+                y = refined_labels(s.frame, s.clip, labels, frame_alpha, clip_alpha,
                                    c.division_beta, c.smooth_beta)
             else:
-                y = F.one_hot(labels, out.frame_scores.shape[1]).to(out.frame_scores.dtype)
+                y = F.one_hot(labels, s.frame.shape[1]).to(s.frame.dtype)
             terms["frame_edl"] = (c.edl_weight, edl_mse(y, frame_alpha).mean())
             terms["clip_edl"] = (c.edl_weight, edl_mse(y, clip_alpha).mean())
             if c.combine_views:

@@ -4,6 +4,7 @@ registers), scored by a pooled query or, in the multi-query form, by weighted qu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,17 +30,52 @@ SCORE_BLOCK = 1 << 26  # similarities held at once when a query has many rows (m
 
 @dataclass
 class TrainOutputs:
-    """What Holmes' loss needs from one training forward pass."""
+    """What Holmes' loss needs from one training forward pass: tokens only, per query or per video, so distributed
+    training can gather them; the (N, B) score matrices are made from them in the loss (`scores`)."""
+
+    # what distributed training gathers across processes: field -> (videos | queries, batch dimension)
+    batch_dims: ClassVar[dict[str, tuple[str, int]]] = {
+        "query": ("queries", 0), "query_second": ("queries", 0), "clip": ("videos", 0), "frame": ("videos", 0),
+        "frame_mask": ("videos", 0), "query_tokens": ("queries", 0), "token_weights": ("queries", 0),
+        "token_weights_raw": ("queries", 0)}
 
     query: torch.Tensor  # (N, D) pooled query of the scoring pass
     query_second: torch.Tensor  # (N, D) second pass (the original encodes twice): POT pseudo labels, query diversity
     clip: torch.Tensor  # (B, Kc, D) clip-scale video tokens
     frame: torch.Tensor  # (B, F, D) frame-scale video tokens, zero at padded positions
     frame_mask: torch.Tensor  # (B, F)
-    clip_scores: torch.Tensor  # (N, B) max cosine over clips
-    clip_scores_raw: torch.Tensor  # (N, B) max dot product (the NCE terms)
-    frame_scores: torch.Tensor  # (N, B) max cosine over frames (multi: weighted over query tokens)
-    frame_scores_raw: torch.Tensor  # (N, B)
+    query_tokens: torch.Tensor | None = None  # (N, Lq, D) multi form: the frame branch's query tokens
+    token_weights: torch.Tensor | None = None  # (N, Lq) multi form: weights of the normalised tokens
+    token_weights_raw: torch.Tensor | None = None  # (N, Lq) multi form: weights of the raw tokens
+
+    def scores(self) -> ScoreViews:
+        """The four (N, B) score matrices of the loss: max cosine and max dot product over clips, and over frames
+        (multi form: weighted over query tokens)."""
+        clip = max_similarity(self.query, self.clip, normalize=True)
+        clip_raw = max_similarity(self.query, self.clip, normalize=False)
+        if self.query_tokens is None:
+            frame = max_similarity(self.query, self.frame, normalize=True)
+            frame_raw = max_similarity(self.query, self.frame, normalize=False)
+        else:
+            frame = weighted_token_max(F.normalize(self.query_tokens, dim=-1), self.token_weights,
+                                       F.normalize(self.frame, dim=-1))
+            frame_raw = weighted_token_max(self.query_tokens, self.token_weights_raw, self.frame)
+        return ScoreViews(clip, clip_raw, frame, frame_raw)
+
+
+class ScoreViews(NamedTuple):
+    clip: torch.Tensor  # (N, B) max cosine over clips
+    clip_raw: torch.Tensor  # (N, B) max dot product (the NCE terms)
+    frame: torch.Tensor  # (N, B) max cosine over frames (multi: weighted over query tokens)
+    frame_raw: torch.Tensor  # (N, B)
+
+
+def weighted_token_max(tokens: torch.Tensor, weights: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Multi form's frame score: sum over query tokens t of w_t * max_f <q_t, frame_f>. tokens (N, Lq, D), weights
+    (N, Lq), frames (B, F, D) -> (N, B). Padded frames are zero vectors, so they enter the max with 0, as in the
+    original."""
+    best = torch.einsum("ntd,bfd->nbtf", tokens, frames).max(dim=-1).values  # (N, B, Lq)
+    return torch.einsum("nbt,nt->nb", best, weights)
 
 
 def branch_widths(attention_num: int) -> list[float | None]:
@@ -172,14 +208,10 @@ class Holmes(ClipFrameModel):
 
     def token_wise_scores(self, tokens: torch.Tensor, text_mask: torch.Tensor, frames: torch.Tensor,
                           normalize: bool) -> torch.Tensor:
-        """Multi form's frame score: sum over query tokens t of w_t * max_f <q_t, frame_f> -> (N, B). The token
-        weights come from the tokens as scored (normalised or raw); padded frames are zero vectors, so they enter
-        the max with 0, as in the original."""
+        """Multi form's frame score (N, B), the token weights from the tokens as scored (normalised or raw)."""
         if normalize:
             tokens, frames = F.normalize(tokens, dim=-1), F.normalize(frames, dim=-1)
-        weights = self.token_weights(tokens, text_mask)  # (N, Lq)
-        best = torch.einsum("ntd,bfd->nbtf", tokens, frames).max(dim=-1).values  # (N, B, Lq)
-        return torch.einsum("nbt,nt->nb", best, weights)
+        return weighted_token_max(tokens, self.token_weights(tokens, text_mask), frames)
 
     # ---------------------------------------------------------------- video side
     def video_tokens(self, clip: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor):
@@ -192,19 +224,15 @@ class Holmes(ClipFrameModel):
 
     # ---------------------------------------------------------------- training
     def forward(self, clip, frames, frame_mask, text, text_mask) -> TrainOutputs:
-        """Training pass, in the original's order: videos, the scoring query pass (and the frame query tokens), then
-        a second query pass for POT and query diversity (`single_query_pass=True` reuses the first)."""
+        """Training pass, in the original's order: videos, the scoring query pass (and the frame query tokens with
+        their weights), then a second query pass for POT and query diversity (`single_query_pass=True` reuses the
+        first). The score matrices are the loss's (`TrainOutputs.scores`)."""
         clip_out, frame_out, frame_mask = self.video_tokens(clip, frames, frame_mask)
         query = self.query_embedding(text, text_mask)  # (N, D)
-        clip_scores = max_similarity(query, clip_out, normalize=True)  # (N, B)
-        clip_raw = max_similarity(query, clip_out, normalize=False)
+        multi = {}
         if self.cfg.query_form == "multi":
             tokens = self.frame_query_tokens(text, text_mask)  # (N, Lq, D)
-            frame_scores = self.token_wise_scores(tokens, text_mask, frame_out, normalize=True)
-            frame_raw = self.token_wise_scores(tokens, text_mask, frame_out, normalize=False)
-        else:
-            frame_scores = max_similarity(query, frame_out, normalize=True)
-            frame_raw = max_similarity(query, frame_out, normalize=False)
+            multi = dict(query_tokens=tokens, token_weights=self.token_weights(F.normalize(tokens, dim=-1), text_mask),
+                         token_weights_raw=self.token_weights(tokens, text_mask))
         second = query if self.cfg.single_query_pass else self.query_embedding(text, text_mask)
-        return TrainOutputs(query, second, clip_out, frame_out, frame_mask, clip_scores, clip_raw, frame_scores,
-                            frame_raw)
+        return TrainOutputs(query, second, clip_out, frame_out, frame_mask, **multi)

@@ -16,5 +16,5 @@ class MaxSimLoss(ModelLoss):
 
     def __call__(self, out: TrainOutputs, labels: torch.Tensor, step: TrainStep
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        nce = info_nce(out.scores, labels)
+        nce = info_nce(out.scores(self.model_cfg), labels)
         return nce, {"nce": nce.detach()}

@@ -15,19 +15,50 @@ baseline, the only case where training changes results.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from prvr.models.base import PRVRModel, QueryRepr, TokenLayout, TokenSet, VideoRepr
+from prvr.models.base import (
+    PRVRModel,
+    QueryRepr,
+    TokenLayout,
+    TokenSet,
+    VideoRepr,
+    max_similarity_scores,
+    pad_frames,
+)
 from prvr.models.maxsim.config import MaxSimConfig
 
 SETS = ("clip", "frame")
 
 
+def layouts(cfg: MaxSimConfig) -> dict[str, TokenLayout]:
+    return {"clip": TokenLayout(cfg.map_size), "frame": TokenLayout(cfg.max_ctx_l, ragged=True)}
+
+
 @dataclass
 class TrainOutputs:
-    scores: torch.Tensor  # (N, B) weighted max-similarity, multiplied by exp(logit_scale)
+    """Queries and video tokens of a training batch (per query or per video, so distributed training can gather
+    them); the loss scores them (`scores`)."""
+
+    # what distributed training gathers across processes: field -> (videos | queries | replicated, batch dimension)
+    batch_dims: ClassVar[dict[str, tuple[str, int]]] = {
+        "query": ("queries", 0), "clip": ("videos", 0), "frames": ("videos", 0), "frame_mask": ("videos", 0),
+        "logit_scale": ("replicated", 0)}
+
+    query: torch.Tensor  # (N, Dv) mean query, mapped to the visual width when the widths differ
+    clip: torch.Tensor  # (B, Kc, Dv) clip cells
+    frames: torch.Tensor  # (B, F, Dv)
+    frame_mask: torch.Tensor  # (B, F)
+    logit_scale: torch.Tensor  # () learned log temperature
+
+    def scores(self, cfg: MaxSimConfig) -> torch.Tensor:
+        """(N, B) weighted max-similarity, multiplied by exp(logit_scale)."""
+        videos = VideoRepr({"clip": TokenSet(self.clip), "frame": TokenSet(self.frames, self.frame_mask)})
+        per_set = max_similarity_scores(QueryRepr.single(self.query, SETS), videos, layouts(cfg))
+        return (cfg.clip_weight * per_set["clip"] + cfg.frame_weight * per_set["frame"]) * self.logit_scale.exp()
 
 
 class MaxSim(PRVRModel):
@@ -44,7 +75,7 @@ class MaxSim(PRVRModel):
         return self.query_map is None
 
     def token_layouts(self) -> dict[str, TokenLayout]:
-        return {"clip": TokenLayout(self.cfg.map_size), "frame": TokenLayout(self.cfg.max_ctx_l, ragged=True)}
+        return layouts(self.cfg)
 
     def score_weights(self) -> dict[str, float]:
         return {"clip": self.cfg.clip_weight, "frame": self.cfg.frame_weight}
@@ -60,5 +91,6 @@ class MaxSim(PRVRModel):
         return QueryRepr.single(q, SETS)
 
     def forward_train(self, batch, draws=None) -> TrainOutputs:
-        scores = self.score(self.encode_queries(batch), self.encode_videos(batch))  # (N, B)
-        return TrainOutputs(scores * self.logit_scale.exp())
+        query = self.encode_queries(batch).vectors[:, 0]  # (N, Dv)
+        frames, frame_mask = pad_frames(batch.frames, batch.frame_mask, self.cfg.max_ctx_l)  # same shape on every rank
+        return TrainOutputs(query, batch.clip, frames, frame_mask, self.logit_scale)
