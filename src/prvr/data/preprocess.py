@@ -23,14 +23,6 @@ def cell_bounds(n: int, num_cells: int) -> np.ndarray:
     return np.minimum(np.round(np.arange(num_cells + 1) * n / num_cells), n - 1).astype(np.int64)
 
 
-def cell_frames(n: int, num_cells: int, first: int, last: int | None = None) -> tuple[int, int]:
-    """Raw frame rows [lo, hi) that cells first..last (default: just `first`) average; a single row when the span
-    is degenerate."""
-    b = cell_bounds(n, num_cells)
-    lo, hi = int(b[first]), int(b[(first if last is None else last) + 1])
-    return (lo, hi) if hi > lo else (lo, lo + 1)
-
-
 def average_to_fixed_length(frames: np.ndarray, num_cells: int) -> np.ndarray:
     """Mean-pool (n, D) frames into (num_cells, D) cells with the release's boundary rule.
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from prvr.errors import OutputError
 from prvr.index.store import IndexError_, Shard, layouts_of, load_shard, read_manifest
+from prvr.index.store import tensor_view as _tensor
 from prvr.io import atomic_path, check_writable, write_json_atomic
 from prvr.models.base import QueryRepr
 
@@ -162,18 +163,28 @@ class TokenANN:
         return ann_sizes(self.n_videos, self.ann.nlist, tokens, videos, nprobe)
 
     def _exact(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Exact similarity of each row's returned tokens (U, K) from the index's float16 tokens."""
-        part = np.searchsorted(self.part_starts, ids, side="right") - 1  # (U, K) which (shard, set) part
-        out = np.full(ids.shape, -np.inf, np.float32)
-        for p in np.unique(part[ids >= 0]):
+        """Exact similarity of each row's returned tokens (U, K) from the index's float16 tokens (-inf where none
+        was returned), read part by part in token order."""
+        import torch
+
+        U, K = ids.shape
+        flat = ids.reshape(-1)
+        where = np.nonzero(flat >= 0)[0]  # positions of the returned tokens
+        where = where[np.argsort(flat[where], kind="stable")]  # in token order: one pass over each part
+        tokens = flat[where]
+        part = np.searchsorted(self.part_starts, tokens, side="right") - 1
+        cuts = np.searchsorted(part, np.arange(len(self.part_starts) + 1))  # part p: tokens[cuts[p]:cuts[p+1]]
+        rows = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))  # (U, D)
+        sims = np.empty(len(tokens), np.float32)
+        for p in np.nonzero(np.diff(cuts))[0]:  # the parts that hold returned tokens (a few dozen shards x sets)
+            a, b = cuts[p], cuts[p + 1]
             shard, name = self.shards[p // len(self.names)], self.names[self.part_sets[p]]
-            sel = (part == p) & (ids >= 0)
-            rows = ids[sel] - self.part_starts[p]
-            tokens = np.asarray(shard.sets[name].tokens[np.sort(rows)], np.float32)  # sorted: sequential reads
-            order = np.argsort(np.argsort(rows))
-            u = np.nonzero(sel)[0]
-            out[sel] = np.einsum("kd,kd->k", tokens[order], vectors[u])
-        return out
+            block = _tensor(shard.sets[name].tokens).index_select(0, torch.from_numpy(tokens[a:b] - self.part_starts[p]))
+            dots = block.float() @ rows.T  # (n, U)
+            sims[a:b] = dots.gather(1, torch.from_numpy(where[a:b] // K)[:, None]).squeeze(1).numpy()
+        out = np.full(U * K, -np.inf, np.float32)
+        out[where] = sims
+        return out.reshape(U, K)
 
     def candidates(self, q: QueryRepr, sizes: AnnSizes) -> np.ndarray:
         """A normalised query -> up to `sizes.videos` candidate videos (sorted global indices), ranked by the upper
@@ -188,8 +199,10 @@ class TokenANN:
         sims, ids = self.ann.search(vectors, fetch)  # (U, K) each, best first
         if self.codes == "pq4":  # product codes only rank roughly: re-score the fetched tokens exactly
             sims = self._exact(vectors, ids)
-            order = np.argsort(-sims, axis=1, kind="stable")[:, :sizes.tokens]
-            sims, ids = np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
+            if sims.shape[1] > sizes.tokens:  # the best `tokens` of each row (unordered: only sets of them are used)
+                keep = np.argpartition(-sims, sizes.tokens - 1, axis=1)[:, :sizes.tokens]
+                sims, ids = np.take_along_axis(sims, keep, 1), np.take_along_axis(ids, keep, 1)
+            ids = np.where(np.isfinite(sims), ids, -1)
         found = ids >= 0
         if not found.any():
             return np.zeros(0, np.int64)
@@ -209,9 +222,11 @@ class TokenANN:
         if not gains:
             return np.zeros(0, np.int64)
         key, gain = np.concatenate(videos), np.concatenate(gains)
-        order = np.argsort(-gain, kind="stable")
-        key, first = np.unique(key[order], return_index=True)  # each (video, row): its best token
+        key, inverse = np.unique(key, return_inverse=True)
+        best = np.full(len(key), -np.inf)
+        np.maximum.at(best, inverse, gain)  # each (video, row): its best token
         video, inverse = np.unique(key // len(live), return_inverse=True)
-        bound = np.bincount(inverse, weights=gain[order][first])  # sum over rows of c_m (best - t_m)
-        keep = video[np.argsort(-bound, kind="stable")[:sizes.videos]]
-        return np.sort(keep)
+        bound = np.bincount(inverse, weights=best)  # sum over rows of c_m (best - t_m)
+        if len(video) > sizes.videos:
+            video = video[np.argpartition(-bound, sizes.videos - 1)[:sizes.videos]]
+        return np.sort(video)

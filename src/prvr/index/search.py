@@ -10,7 +10,6 @@ precision. A model that does not score by max-similarity is scored by `model.sco
 from __future__ import annotations
 
 import threading
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +21,7 @@ from prvr.data.datasets import Batch
 from prvr.data.preprocess import query_tokens
 from prvr.errors import PrvrError
 from prvr.index.store import IndexError_, Shard, ShardTokens, layouts_of, load_shard, read_manifest
+from prvr.index.store import tensor_view as _tensor
 from prvr.models.base import QueryRepr, TokenLayout, TokenSet, VideoRepr
 from prvr.models.checkpoint import load_checkpoint
 
@@ -47,13 +47,6 @@ class Scores(NamedTuple):
     total: torch.Tensor  # (V,) the retrieval score
     sets: dict[str, torch.Tensor]  # per token set, its weighted contribution (V,)
     tokens: dict[str, torch.Tensor]  # per token set, the best token (V,)
-
-
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """A read-only memory map as a tensor, without a copy (nothing writes to it)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(a)
 
 
 @dataclass
@@ -442,41 +435,42 @@ class Retriever:
         return Hit(vid, score, set_scores, tokens, start, end, frame_time, (lo, hi), frame)
 
     @torch.no_grad()
-    def moments(self, q: QueryRepr, video_id: str, n: int = MOMENTS) -> list[dict]:
+    def moments(self, q: QueryRepr, video_id: str, n: int = MOMENTS, rows: dict[str, torch.Tensor] | None = None
+                ) -> list[dict]:
         """The best `n` distinct moments of one video for one normalised query: the moment set's tokens by their
         weighted similarity, each kept only if its frames neither overlap nor touch a better one's; each with the
-        best frame inside it (from the frame set)."""
+        best frame inside it (from the frame set). `rows`: `scaled_rows(q)`, when the caller has it."""
         si, j = self._where[video_id]
         shard = self.shards[si]
         meta = shard.meta[j]
         n_raw, duration = int(meta.get("n_raw_frames", 0) or 0), meta.get("duration")
         if self.exact_only or not n_raw or not duration:
             return []
-        rows = self.scaled_rows(q)
+        rows = self.scaled_rows(q) if rows is None else rows
 
         def token_scores(name: str) -> torch.Tensor:  # (tokens of this video,)
             st = shard.sets[name]
             tok = _tensor(np.asarray(st.tokens[st.offsets[j]:st.offsets[j + 1]])).to(self.device).float()
             return (tok @ rows[name].T).sum(1) if len(rows[name]) else torch.zeros(len(tok), device=self.device)
 
-        layout = self.layouts[self.moment_set]
         cells = token_scores(self.moment_set)
-        frame_spans, frame_scores = None, None
+        spans = self.layouts[self.moment_set].spans(n_raw)[:len(cells)]  # (T, 2) raw frame rows of each token
+        frame_spans = frame_scores = None
         if self.frame_set is not None:
-            frame_scores = token_scores(self.frame_set).tolist()
-            frame_spans = [self.layouts[self.frame_set].frame_rows(n_raw, t) for t in range(len(frame_scores))]
+            frame_scores = token_scores(self.frame_set).cpu().numpy()
+            frame_spans = self.layouts[self.frame_set].spans(n_raw)[:len(frame_scores)]
         times = meta.get("frame_times") if isinstance(meta.get("frame_times"), list) else None
-        out, spans = [], []
+        out, kept = [], []
         for t in torch.argsort(cells, descending=True, stable=True).tolist():  # a few dozen tokens: post-processing
-            lo, hi = layout.frame_rows(n_raw, t)
-            if any(lo <= b and a <= hi for a, b in spans):
+            lo, hi = int(spans[t, 0]), int(spans[t, 1])
+            if any(lo <= b and a <= hi for a, b in kept):
                 continue
-            spans.append((lo, hi))
+            kept.append((lo, hi))
             f_lo, f_hi = lo, hi
-            if frame_spans is not None:  # the best frame token inside the moment
-                inside = [i for i, (a, b) in enumerate(frame_spans) if a < hi and b > lo]
-                if inside:
-                    f_lo, f_hi = frame_spans[max(inside, key=lambda i: frame_scores[i])]
+            if frame_spans is not None:  # the best frame token inside the moment (the first of equal ones)
+                inside = (frame_spans[:, 0] < hi) & (frame_spans[:, 1] > lo)
+                if inside.any():
+                    f_lo, f_hi = (int(x) for x in frame_spans[np.argmax(np.where(inside, frame_scores, -np.inf))])
             frame = (f_lo + f_hi - 1) // 2
             ft = float(times[frame]) if times is not None and len(times) == n_raw else (frame + 0.5) / n_raw * duration
             out.append({"start": lo / n_raw * duration, "end": hi / n_raw * duration, "score": float(cells[t]),
@@ -486,8 +480,9 @@ class Retriever:
         return out
 
     def _with_moments(self, q: QueryRepr, hits: list[Hit]) -> list[Hit]:
+        rows = None if self.exact_only else self.scaled_rows(q)
         for h in hits[:MOMENT_HITS]:
-            h.moments = self.moments(q, h.video_id)
+            h.moments = self.moments(q, h.video_id, rows=rows)
         return hits
 
     def videos_matching(self, path: str) -> np.ndarray:

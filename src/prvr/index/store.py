@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from prvr.data.features import video_info_problem
 from prvr.errors import PrvrError
@@ -37,6 +38,13 @@ FORMAT = "prvr-index-2"
 class IndexError_(PrvrError):
     """A missing, corrupt or incompatible index."""
 
+
+
+def tensor_view(a: np.ndarray) -> torch.Tensor:
+    """A read-only memory map as a tensor, without a copy (nothing writes to it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
 
 @dataclass
 class ShardTokens:

@@ -21,19 +21,38 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from prvr.config import LossConfig, ModelConfig
-from prvr.data.preprocess import cell_frames
+from prvr.data.preprocess import cell_bounds
 
 NEG_INF = float("-inf")
 
 
 # ------------------------------------------------------------------------------------------------ time spans
+@lru_cache(maxsize=4096)
+def _spans(layout: TokenLayout, n_raw: int) -> np.ndarray:
+    if layout.ragged and n_raw <= layout.cells:
+        lo = np.arange(n_raw)
+        out = np.stack([lo, lo + 1], axis=1)
+    else:
+        b = cell_bounds(n_raw, layout.cells)
+        if layout.proposals is not None:
+            first, last = np.asarray(layout.proposals).T
+            lo, hi = b[first], b[last]
+        else:
+            lo, hi = b[:-1], b[1:]
+        out = np.stack([lo, np.where(hi > lo, hi, lo + 1)], axis=1)
+    out.flags.writeable = False
+    return out
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """Where the tokens of one set lie in time.
@@ -57,12 +76,13 @@ class TokenLayout:
 
     def frame_rows(self, n_raw: int, token: int) -> tuple[int, int]:
         """Raw frame rows [lo, hi) that token `token` covers in a video of n_raw frames."""
-        if self.proposals is not None:
-            a, b = self.proposals[token]
-            return cell_frames(n_raw, self.cells, a, b - 1)
-        if self.ragged and n_raw <= self.cells:
-            return token, token + 1
-        return cell_frames(n_raw, self.cells, token)
+        lo, hi = self.spans(n_raw)[token]
+        return int(lo), int(hi)
+
+    def spans(self, n_raw: int) -> np.ndarray:
+        """(T, 2) raw frame rows [lo, hi) of every token of a video of n_raw frames (a cell whose rows are
+        degenerate covers its first row); read-only, computed once per layout and length."""
+        return _spans(self, n_raw)
 
     def to_dict(self) -> dict[str, Any]:
         return {"cells": self.cells, "ragged": self.ragged, "pads_score_zero": self.pads_score_zero,
