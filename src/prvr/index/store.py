@@ -46,6 +46,7 @@ def tensor_view(a: np.ndarray) -> torch.Tensor:
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(a)
 
+
 @dataclass
 class ShardTokens:
     tokens: np.ndarray  # (total tokens, D) float16, memory-mapped
@@ -97,7 +98,7 @@ def read_manifest(path: Path) -> dict:
         raise _fail(mf, "corrupt manifest (no token sets, or a token set name that is not a plain name)")
     try:
         layouts_of(manifest)
-    except (KeyError, TypeError, ValueError) as e:
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # AttributeError: a layout that is not an object
         raise _fail(mf, f"corrupt manifest (token set layouts: {e.__class__.__name__})") from None
     weights = manifest.get("score_weights")
     if not isinstance(weights, dict) or not all(k in sets and _finite(v) and v >= 0 for k, v in weights.items()):
