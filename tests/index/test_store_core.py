@@ -3,6 +3,8 @@ read, shard names, removing videos, non-finite tokens, and discarding a failed b
 tests/index/test_search_core.py these are the tests `make mutate` runs on prvr.index.store."""
 
 import json
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -31,7 +33,10 @@ def index(tmp_path):
     path = tmp_path / "idx"
     m = store.create_index(path, ckpt, {"model": {"name": "maxsim"}}, LAYOUTS, {"clip": 0.5, "frame": 0.5}, True,
                            None, media_roots=["/b", "/a"])
-    assert (path / "model.safetensors").read_bytes() == b"weights" and m["media_roots"] == ["/a", "/b"]
+    assert (path / "model.safetensors").read_bytes() == b"weights"
+    assert m == {"format": store.FORMAT, "config": {"model": {"name": "maxsim"}},
+                 "token_sets": {k: v.to_dict() for k, v in LAYOUTS.items()}, "score_weights": {"clip": 0.5, "frame": 0.5},
+                 "normalized": True, "text_encoder": None, "media_roots": ["/a", "/b"], "shards": [], "n_videos": 0}
     all_sets = {}
     for first, n in ((0, 3), (3, 2), (5, 3)):
         sets, meta = videos(n, seed=first)
@@ -56,6 +61,8 @@ def test_round_trip_keeps_every_video_in_order(index):
     assert m["shards"] == ["shard-00000", "shard-00001", "shard-00002"] and m["n_videos"] == 8
     got = tokens_of(path, m)
     assert list(got) == [f"v{i}" for i in range(8)]
+    shard = store.load_shard(path / "shard-00001", list(LAYOUTS))
+    assert shard.path == path / "shard-00001" and isinstance(shard.sets["frame"].tokens, np.memmap)  # not read in
     for v, sets in want.items():
         for k, t in sets.items():
             assert np.array_equal(got[v][k], t.astype(np.float16)), (v, k)
@@ -95,6 +102,13 @@ def test_remove_videos_rewrites_shards_and_keeps_the_rest(index):
     assert store.next_shard_name(m2) == "shard-00004"
 
 
+def test_remove_videos_from_two_shards_names_each_new_one_after_the_last(index):
+    path, _ = index
+    m, removed = store.remove_videos(path, store.read_manifest(path), ["v0", "v5"])
+    assert removed == ["v0", "v5"] and m["shards"] == ["shard-00003", "shard-00001", "shard-00004"]
+    assert list(tokens_of(path, m)) == ["v1", "v2", "v3", "v4", "v6", "v7"]
+
+
 def test_remove_videos_without_a_match_changes_nothing(index):
     path, _ = index
     m = store.read_manifest(path)
@@ -111,7 +125,16 @@ def test_nonfinite_rows_in_chunks(monkeypatch):
     monkeypatch.setattr(store, "FINITE_CHUNK", 6)  # 2 rows a chunk: rows found across chunks
     assert store.nonfinite_rows(t).tolist() == [2, 7, 9]
     assert store.nonfinite_rows(np.ones((4, 3), np.float16)).tolist() == []
-    assert store.nonfinite_rows(np.zeros((0, 3), np.float16)).tolist() == []
+    none = store.nonfinite_rows(np.zeros((0, 3), np.float16))
+    assert none.tolist() == [] and none.dtype == np.int64
+    assert store.nonfinite_rows(np.zeros((3, 0), np.float16)).tolist() == []
+    first = np.ones((4, 3), np.float16)
+    first[0, 0] = np.nan
+    assert store.nonfinite_rows(first).tolist() == [0]
+    payload = np.ones((4, 3), np.float16)
+    payload.view(np.int16)[1, 2] = 0x7C01  # a NaN whose lowest mantissa bit is set (exponent bits all ones)
+    payload.view(np.int16)[3, 0] = np.int16(-1024)  # 0xFC00: -Inf
+    assert store.nonfinite_rows(payload).tolist() == [1, 3]
 
 
 def test_load_shard_refuses_tokens_it_cannot_trust(index):
@@ -123,11 +146,16 @@ def test_load_shard_refuses_tokens_it_cannot_trust(index):
     clip = np.load(shard / "clip.tokens.npy")
 
     def refused(file, content, what, lay=layouts):
+        """`what`: the whole message when it starts with the shard's path, else a regex found in it."""
         before = (shard / file).read_bytes()
-        np.save(shard / file, content)
+        np.save(shard / file, content, allow_pickle=True)
         try:
-            with pytest.raises(store.IndexError_, match=what):
+            with pytest.raises(store.IndexError_) as e:
                 store.load_shard(shard, names, lay)
+            if what.startswith(str(shard)):
+                assert str(e.value) == what
+            else:
+                assert re.search(what, str(e.value)), (what, str(e.value))
         finally:
             (shard / file).write_bytes(before)
 
@@ -135,43 +163,79 @@ def test_load_shard_refuses_tokens_it_cannot_trust(index):
     bad[4, 2] = np.nan
     refused("frame.tokens.npy", bad, "video 'v1' has NaN/Inf tokens")
     bad = tokens.copy()
+    bad[3, 0] = np.nan  # the first row of v1 (offsets 0, 3, 8, 16)
+    refused("frame.tokens.npy", bad, f"{shard}: corrupt shard (token set 'frame': video 'v1' has NaN/Inf tokens; "
+                                     "rebuild the index)")
+    bad = tokens.copy()
     bad[15, 0] = np.inf
     refused("frame.tokens.npy", bad, "video 'v2' has NaN/Inf tokens")
-    refused("frame.tokens.npy", tokens.astype(np.float32), "float32 tokens of width 6, expected float16")
+    refused("frame.tokens.npy", tokens.astype(np.float32),
+            f"{shard}: corrupt shard (token set 'frame': float32 tokens of width 6, expected float16 rows)")
     refused("frame.tokens.npy", tokens[:, :0], "tokens of width 0")
-    refused("frame.tokens.npy", tokens[:, :4], r"different widths \[4, 6\]")
+    refused("frame.tokens.npy", tokens[:, :4], f"{shard}: corrupt shard (token sets of different widths [4, 6])")
     refused("frame.offsets.npy", offsets.astype(np.float64), "offsets do not match")
-    refused("frame.offsets.npy", offsets[None], "offsets do not match")
+    refused("frame.offsets.npy", offsets[None],
+            f"{shard}: corrupt shard (token set 'frame': offsets do not match 3 videos and 16 token rows)")
+    refused("frame.offsets.npy", np.array([0, 5, 3, 16]), "offsets do not match", None)  # decreasing
+    refused("frame.offsets.npy", np.array([0, 8, 16]), "offsets do not match", None)  # one video short, rows all there
+    refused("frame.tokens.npy", tokens[0], "offsets do not match 3 videos and 6 token rows")  # a 1-d array
     refused("clip.offsets.npy", np.array([0, 4, 8, 11]), "offsets do not match")  # 11 of 12 rows
     refused("clip.tokens.npy", clip[:8], "offsets do not match")
-    refused("clip.offsets.npy", np.array([0, 4, 8, 12]), r"videos with 4..4 tokens, expected 3",
+    refused("clip.offsets.npy", np.array([0, 4, 8, 12]),
+            f"{shard}: corrupt shard (token set 'clip': videos with 4..4 tokens, expected 3)",
             {**layouts, "clip": TokenLayout(3)})
     refused("frame.offsets.npy", offsets, r"videos with 3..8 tokens, expected 1..7",
             {**layouts, "frame": TokenLayout(7, ragged=True)})
     refused("frame.offsets.npy", np.array([0, 0, 8, 16]), r"videos with 0..8 tokens, expected 1..8")
     refused("clip.offsets.npy", np.array([0, 3, 8, 12]), r"videos with 3..5 tokens, expected 4")
+    pickled = np.array([{"a": 1}, None], dtype=object)  # never unpickled
+    refused("frame.offsets.npy", pickled, f"{shard}: corrupt shard (ValueError: Object arrays cannot be loaded "
+                                          "when allow_pickle=False)")
+    refused("frame.tokens.npy", pickled, "Python objects in dtype")  # memory-mapped: objects cannot be either
     assert store.load_shard(shard, names, layouts).ids == ["v0", "v1", "v2"]
     assert store.load_shard(shard, names, {**layouts, "clip": TokenLayout(4, ragged=True)}).ids[0] == "v0"
 
-    (shard / "ids.json").write_text(json.dumps(["v0", "v0", "v2"]))
-    with pytest.raises(store.IndexError_, match="appears twice"):
-        store.load_shard(shard, names)
-    (shard / "ids.json").write_text(json.dumps(["v0", "", "v2"]))
-    with pytest.raises(store.IndexError_, match="expected a list of video ids"):
-        store.load_shard(shard, names)
-    (shard / "ids.json").write_text(json.dumps(["v0", "v1", "v2"]))
-    (shard / "meta.json").write_text(json.dumps([{}, {"duration": -1}, {}]))
-    with pytest.raises(store.IndexError_, match="meta.json: video 'v1'"):
-        store.load_shard(shard, names)
-    (shard / "meta.json").write_text(json.dumps([{}, [], {}]))
-    with pytest.raises(store.IndexError_, match="expected 3 objects"):
-        store.load_shard(shard, names)
-    (shard / "meta.json").write_text('[{}, {"duration": NaN}, {}]')
-    with pytest.raises(store.IndexError_, match="corrupt shard file"):
-        store.load_shard(shard, names)
+    def refused_json(file, text, message):
+        before = (shard / file).read_bytes()
+        (shard / file).write_text(text)
+        try:
+            with pytest.raises(store.IndexError_) as e:
+                store.load_shard(shard, names)
+            assert str(e.value) == f"{shard / file}: {message}"
+        finally:
+            (shard / file).write_bytes(before)
+
+    refused_json("ids.json", json.dumps(["v0", "v0", "v2"]), "a video id appears twice")
+    refused_json("ids.json", json.dumps(["v0", "", "v2"]), "expected a list of video ids")
+    refused_json("meta.json", json.dumps([{}, {"duration": -1}, {}]), "video 'v1': duration -1, expected a "
+                 "positive number of seconds")
+    refused_json("meta.json", json.dumps([{}, [], {}]), "expected 3 objects, one per video id")
+    refused_json("meta.json", '[{}, {"duration": NaN}, {}]', "corrupt shard file (ValueError: NaN is not a number)")
+    refused_json("ids.json", "[1,\n", "corrupt shard file (JSONDecodeError: Expecting value: line 2 column 1 (char 4))")
     (shard / "frame.tokens.npy").unlink()
-    with pytest.raises(store.IndexError_, match="corrupt shard"):
+    with pytest.raises(store.IndexError_, match=f"^{re.escape(str(shard))}: corrupt shard \\(FileNotFoundError: "):
         store.load_shard(shard, names)
+
+
+def test_first_line_of_an_error():
+    assert store._first_line(ValueError("x" * 300 + "\nsecond")) == "x" * 200
+    assert store._first_line(ValueError("  \n ")) == "ValueError"
+
+
+def test_tensor_view_shares_a_read_only_map_silently(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(6, dtype=np.float16).reshape(2, 3))
+    a = np.load(tmp_path / "a.npy", mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns about a non-writable array: not here
+        t = store.tensor_view(a)
+    assert t.tolist() == [[0, 1, 2], [3, 4, 5]] and t.data_ptr() == a.__array_interface__["data"][0]
+
+
+def test_write_shard_refuses_non_finite_meta_and_leaves_nothing(tmp_path):
+    sets, _ = videos(1)
+    with pytest.raises(ValueError):
+        store.write_shard(tmp_path, "shard-00000", ["v"], sets, [{"duration": float("nan")}])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_read_manifest_refuses_what_it_cannot_trust(index, tmp_path):
@@ -231,6 +295,10 @@ def test_discard_empty_index(tmp_path):
     (path / ".manifest.json.123.abc.tmp").write_text("")
     store.discard_empty_index(path, created=False)
     assert sorted(p.name for p in path.iterdir()) == ["notes.txt"]
+    path, _ = make("no-weights")  # the copy of the weights never made it: still discarded, no error
+    (path / "model.safetensors").unlink()
+    store.discard_empty_index(path, created=False)
+    assert list(path.iterdir()) == []
     path, m = make("full")
     sets, meta = videos(1)
     store.append_shard(path, m, ["v"], sets, meta)

@@ -230,8 +230,7 @@ def remove_videos(path: Path, manifest: dict, video_ids: list[str]) -> tuple[dic
             (tmp / "ids.json").write_text(json.dumps([shard.ids[i] for i in keep]), encoding="utf-8")
             (tmp / "meta.json").write_text(json.dumps([shard.meta[i] for i in keep], allow_nan=False),
                                            encoding="utf-8")
-        shards.append(new)
-        manifest = {**manifest, "shards": manifest["shards"] + [new]}  # reserved: later names come after it
+        shards.append(new)  # listed in `shards`: a later new name comes after it
     if not removed:
         return {**manifest, "shards": shards}, []
     manifest = {**manifest, "shards": shards, "n_videos": manifest["n_videos"] - len(removed)}
