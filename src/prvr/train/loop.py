@@ -48,7 +48,16 @@ class TrainResult:
     out_dir: Path
 
 
-DRAWS_SEED = 1 << 40  # the training draws' generator: seed * 1000 + epoch + this (the shuffle's: without it)
+DRAWS_SEED = 0x9E3779B9  # added to the shuffle's seed for the training draws' generator (see `epoch_seeds`)
+
+
+def epoch_seeds(seed: int, epoch: int) -> tuple[int, int]:
+    """(shuffle seed, draws seed) of an epoch: the batch order's generator and the generator of the training draws
+    (textual perturbation, triplet negatives). The CPU generator (mt19937) keeps only the low 32 bits of a seed, so
+    the offset lies below 2^32: with 2^40 both generators of an epoch gave one and the same stream on CPU (and epoch
+    0 of seed 0 the stream of the global RNG that drew the initial weights)."""
+    shuffle = seed * 1000 + epoch
+    return shuffle, shuffle + DRAWS_SEED
 
 
 def seed_everything(seed: int) -> None:
@@ -159,11 +168,12 @@ def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, lo
         t0 = time.time()
         hard = epoch >= tc.hard_negative_start_epoch
         # the single process's shuffle (DataLoader(shuffle=True) with this seed), split over the ranks
-        batches = GlobalBatches(query_counts, tc.batch_videos, tc.seed * 1000 + epoch, dist.rank(), dist.world())
+        shuffle_seed, draws_seed = epoch_seeds(tc.seed, epoch)
+        batches = GlobalBatches(query_counts, tc.batch_videos, shuffle_seed, dist.rank(), dist.world())
         if batches.dropped and epoch == start:
             log(f"note: each epoch leaves out its last {batches.dropped} video(s), fewer than the {dist.world()} ranks")
         loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_train, num_workers=tc.num_workers)
-        draws = torch.Generator(device=torch.device(device)).manual_seed(tc.seed * 1000 + epoch + DRAWS_SEED)
+        draws = torch.Generator(device=torch.device(device)).manual_seed(draws_seed)
         model.train()
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not (progress and main), leave=False)
