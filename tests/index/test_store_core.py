@@ -179,6 +179,8 @@ def test_load_shard_refuses_tokens_it_cannot_trust(index):
     refused("frame.offsets.npy", np.array([0, 5, 3, 16]), "offsets do not match", None)  # decreasing
     refused("frame.offsets.npy", np.array([0, 8, 16]), "offsets do not match", None)  # one video short, rows all there
     refused("frame.tokens.npy", tokens[0], "offsets do not match 3 videos and 6 token rows")  # a 1-d array
+    refused("frame.tokens.npy", np.float16(1.0),
+            f"{shard}: corrupt shard (token set 'frame': offsets do not match 3 videos and 0 token rows)")  # 0-d
     refused("clip.offsets.npy", np.array([0, 4, 8, 11]), "offsets do not match")  # 11 of 12 rows
     refused("clip.tokens.npy", clip[:8], "offsets do not match")
     refused("clip.offsets.npy", np.array([0, 4, 8, 12]),
