@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from prvr.errors import OutputError
 from prvr.index.store import IndexError_, Shard, layouts_of, load_shard, read_manifest
@@ -165,8 +166,6 @@ class TokenANN:
     def _exact(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Exact similarity of each row's returned tokens (U, K) from the index's float16 tokens (-inf where none
         was returned), read part by part in token order."""
-        import torch
-
         U, K = ids.shape
         flat = ids.reshape(-1)
         where = np.nonzero(flat >= 0)[0]  # positions of the returned tokens

@@ -248,15 +248,11 @@ FINITE_CHUNK = 1 << 24  # float16 values checked at a time (32 MB)
 def nonfinite_rows(tokens: np.ndarray) -> np.ndarray:
     """Rows of a float16 (T, D) matrix holding NaN or Inf (all five exponent bits set), in chunks: the largest
     exponent field of a chunk is one vectorised pass over the raw bits; rows are located only where it is all ones."""
-    import torch
-
     bad = []
     step = max(1, FINITE_CHUNK // max(1, tokens.shape[1]))
     for a in range(0, tokens.shape[0], step):
         chunk = np.asarray(tokens[a:a + step]).view(np.int16)
-        with warnings.catch_warnings():  # a read-only memory map: only read here
-            warnings.simplefilter("ignore", UserWarning)
-            top = int((torch.from_numpy(chunk) & 0x7C00).max()) if chunk.size else 0
+        top = int((tensor_view(chunk) & 0x7C00).max()) if chunk.size else 0
         if top == 0x7C00:
             bad.append(np.flatnonzero(((chunk & 0x7C00) == 0x7C00).any(axis=1)) + a)
     return np.concatenate(bad) if bad else np.zeros(0, np.int64)
