@@ -2,10 +2,12 @@
 
 Measured with bench/bf16_agreement.py on real frames: EfficientNet-Lite0 (the concept bank, `efficientnet-lite0`)
 keeps the fp32 top-10 on only 5 % of queries, so bf16 is refused there. Image-text transformer towers (hf:) may
-use it. Measured here on a tiny CLIP *trained* on drawn shapes and their captions (prvr.synth.shapes; no real
-CLIP/SigLIP weights can be downloaded), so its scores separate videos the way a trained model's do: the top-10
-ranking (order included) is identical on MIN_EQUAL or more of the queries, and every query that differs differs by
-swaps of videos whose fp32 scores lie within GAP of each other.
+use it, in their feed-forward blocks only (prvr.encode.mixed: whole-model autocast rounds the attention logits and
+moves scores 3.5x as much). Measured here on a tiny CLIP *trained* on drawn shapes and their captions
+(prvr.synth.shapes; no real CLIP/SigLIP weights can be downloaded), so its scores separate videos the way a trained
+model's do: over four corpora (400 queries) the top-10 ranking (order included) is identical on MIN_EQUAL or more
+of the queries, and every query that differs differs by swaps of videos whose fp32 scores lie within GAP of each
+other.
 
 Checked by hand that this test can fail: rounding the encoder's input pixels to float8 (e5m2) under bf16 in
 `FrameEncoder.encode` makes it fail (tests/README.md, broken on purpose)."""
@@ -23,8 +25,9 @@ from prvr.encode.encoders import load_frame_encoder, load_text_encoder
 from prvr.index.store import read_manifest
 from prvr.synth.shapes import shapes_corpus, train_shapes_clip
 
-MIN_EQUAL = 0.85  # measured 0.91 here; 0.86-0.94 over 4 corpora (bench/results/bf16_agreement_shapes-clip_*)
-GAP = 5e-3  # fp32 score difference below which a bf16 swap is allowed (measured: 2.8e-3 at most)
+MIN_EQUAL = 0.95  # the issue's bound; measured 0.96 here, 0.93-0.99 per corpus and 0.961 over 8 corpora
+# (bench/results/bf16_agreement_shapes-clip_40v-100q_8draws.json; whole-model autocast: 0.905, fails)
+GAP = 1e-3  # fp32 score difference below which a bf16 swap is allowed (measured: 4.4e-4 at most)
 
 
 @pytest.fixture
@@ -42,14 +45,20 @@ def test_bf16_trained_image_tower_keeps_top10(tmp_path, one_thread):
     fit = train_shapes_clip(tmp_path / "clip", steps=300, seed=0)
     assert fit["last_loss"] < 0.5 * fit["chance_loss"], fit  # the towers are aligned: scores have margins
     enc = load_frame_encoder(f"hf:{tmp_path / 'clip'}")
-    frames, captions = shapes_corpus(videos=40, per_video=4, queries=100, seed=10)
-    fp32 = enc.encode(frames)
-    enc.precision = "bf16"
-    bf16 = enc.encode(frames)
-    assert np.isfinite(bf16).all() and not np.array_equal(bf16, fp32)
-    q = np.concatenate(load_text_encoder(f"hf:{tmp_path / 'clip'}").encode(captions))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    a = topk_agreement(maxsim_scores(fp32, q, 4), maxsim_scores(bf16, q, 4), k=10)  # (100 queries, 40 videos)
+    text = load_text_encoder(f"hf:{tmp_path / 'clip'}")
+    ref, other = [], []
+    for seed in range(10, 14):  # four corpora of 40 videos, 100 queries each
+        frames, captions = shapes_corpus(videos=40, per_video=4, queries=100, seed=seed)
+        enc.precision = "fp32"
+        fp32 = enc.encode(frames)
+        enc.precision = "bf16"
+        bf16 = enc.encode(frames)
+        assert np.isfinite(bf16).all() and not np.array_equal(bf16, fp32)
+        q = np.concatenate(text.encode(captions))
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        ref.append(maxsim_scores(fp32, q, 4))
+        other.append(maxsim_scores(bf16, q, 4))
+    a = topk_agreement(np.concatenate(ref), np.concatenate(other), k=10)  # (400 queries, 40 videos)
     print(f"bf16: top-10 equal on {a['topk_equal']:.0%}, top-1 on {a['top1_equal']:.0%}; largest fp32 gap of a "
           f"swap {a['max_swap_gap']:.1e}; median top1-top10 {a['median_top1_minus_topk']:.3f}; "
           f"{time.perf_counter() - t:.1f} s")

@@ -9,14 +9,15 @@ import numpy as np
 from prvr.data.preprocess import clip_grid, frame_sequence
 
 
-def maxsim_scores(frames: np.ndarray, queries: np.ndarray, per_video: int) -> np.ndarray:
+def maxsim_scores(frames: np.ndarray, queries: np.ndarray, per_video: int, store=np.float16) -> np.ndarray:
     """(n, D) frame vectors cut into consecutive videos of `per_video` frames, (q, D) normalised queries ->
-    (q, videos) scores: 0.5 max over clip cells + 0.5 max over frames, tokens rounded to float16."""
+    (q, videos) scores: 0.5 max over clip cells + 0.5 max over frames, tokens rounded to `store` (the index's
+    float16)."""
     out = []
     for a in range(0, len(frames) - per_video + 1, per_video):
         raw = frames[a:a + per_video]
-        c = clip_grid(raw).astype(np.float16).astype(np.float32)
-        f = frame_sequence(raw).astype(np.float16).astype(np.float32)
+        c = clip_grid(raw).astype(store).astype(np.float32)
+        f = frame_sequence(raw).astype(store).astype(np.float32)
         out.append(0.5 * (queries @ c.T).max(1) + 0.5 * (queries @ f.T).max(1))
     return np.stack(out, axis=1)
 

@@ -15,7 +15,8 @@
 A bare existing directory is read as hf:DIR.
 
 Every encoder has a `spec` (what to record and compare) and `describe()` (its preprocessing); `encoder_record`
-adds the package versions. Frame encoders may run under bf16 autocast (`precision="bf16"`).
+adds the package versions. Transformer frame encoders may run their feed-forward blocks in bf16
+(`precision="bf16"`, prvr.encode.mixed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from prvr.device import bf16_autocast
+from prvr.encode.mixed import wrap_feed_forward
 from prvr.errors import PrvrError
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -150,13 +152,17 @@ class FrameEncoder:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _autocast(self):
+        """bf16 over the whole forward pass (where a subclass allows bf16 at all)."""
+        return bf16_autocast(self.device, self.precision == "bf16")
+
     @torch.no_grad()
     def encode(self, frames: np.ndarray, batch_size: int = 32) -> np.ndarray:
         out = []
         for s in range(0, len(frames), batch_size):
             x = torch.from_numpy(np.array(frames[s:s + batch_size])).to(self.device).permute(0, 3, 1, 2).float() / 255.0
             x = (x - self._mean) / self._std  # (b, 3, H, W)
-            with bf16_autocast(self.device, self.precision == "bf16"):
+            with self._autocast():
                 feats = self._forward(x)
             out.append(feats.float().cpu().numpy())
         return np.concatenate(out)
@@ -179,6 +185,20 @@ class HFFrameEncoder(FrameEncoder):
         self.spec = spec
         self.model.to(device)
         super().__init__(device, precision)
+        # bf16 where it is safe: the image tower's feed-forward blocks only (prvr.encode.mixed)
+        if not wrap_feed_forward(getattr(self.model, "vision_model", self.model), lambda: self.precision == "bf16") \
+                and precision == "bf16":
+            raise PrvrError(f"{spec_name(spec)}: bf16 needs a transformer tower with feed-forward (mlp) blocks; "
+                            f"{type(self.model).__name__} has none, leave --bf16 off")
+
+    def _autocast(self):
+        return contextlib.nullcontext()  # the wrapped feed-forward blocks switch to bf16 themselves
+
+    def describe(self) -> dict:
+        d = super().describe()
+        if self.precision == "bf16":
+            d["bf16"] = "feed-forward (mlp) blocks only; attention, embeddings, norms and the projection in fp32"
+        return d
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self.model, "get_image_features"):
