@@ -93,8 +93,9 @@ def ingest(videos: Annotated[Path, typer.Argument(help="folder of video files (w
            workers: Annotated[int | None, typer.Option(min=1, max=256, help="decoding processes (default: half "
                                                                               "the CPU cores)")] = None,
            prune: Annotated[bool, typer.Option(help="remove indexed videos whose files are gone")] = False,
-           bf16: Annotated[bool, typer.Option(help="encode frames under bf16 autocast (see README for the "
-                                                   "measured agreement with fp32)")] = False,
+           bf16: Annotated[bool, typer.Option(help="run the frame encoder's feed-forward blocks in bf16 "
+                                                   "(hf: transformer towers; see README for the measured agreement "
+                                                   "with fp32)")] = False,
            commit_every: Annotated[int, typer.Option(min=1, max=100_000, help="videos per shard (a killed run "
                                                                                 "resumes from the last shard)")] = 16,
            device: Device = "cpu", quiet: Annotated[bool, typer.Option(help="no progress bar")] = False):
