@@ -137,7 +137,7 @@ class TokenWeights(nn.Module):
 class Holmes(ClipFrameModel):
     config_class = HolmesConfig
     cfg: HolmesConfig
-    inference_videos = 16  # evaluation encodes 16 videos at a time (see ClipFrameModel.encode_videos)
+    inference_videos = 8  # evaluation encodes 8 videos at a time (see ClipFrameModel.encode_videos)
     # its step in one heap peaks at 5.9 GB for 3.0 GB in use (128 videos): the chunked recompute's freed
     # activations fragment it; given back, 3.0 GB (bench/train_step.py; 50 against 40 CPU-s)
     training_keeps_freed_memory = False
