@@ -24,7 +24,16 @@ _LOAD_BEFORE = os.getloadavg()  # when the bench script imported this module, be
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process (Linux reports KiB)."""
+    """Peak resident memory of this process, MB: VmHWM (Linux), the high-water mark of this program's own memory.
+    Not ru_maxrss there: Linux carries ru_maxrss across exec, so a child of a big process (bench/compare_original.py
+    holding the evaluation inputs: 2.1 GB) starts at its parent's RSS at fork time."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -62,13 +62,14 @@ def main() -> None:
 
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad(), bf16_autocast(device, args.amp):
-        parts = []
-        for s in range(0, len(videos), vb):
-            chunk = videos[s:s + vb]
-            frames, mask = pad_sequences([f for _, f in chunk])
-            b = Batch(clip=torch.from_numpy(np.stack([c for c, _ in chunk])), frames=frames, frame_mask=mask).to(device)
-            parts.append(model.encode_videos(b))
-        vt = VideoRepr.cat(parts).map(lambda t: t.float())
+        def encoded():  # as prvr.eval.evaluator.encode_videos: batch by batch into the whole
+            for s in range(0, len(videos), vb):
+                chunk = videos[s:s + vb]
+                frames, mask = pad_sequences([f for _, f in chunk])
+                yield model.encode_videos(Batch(clip=torch.from_numpy(np.stack([c for c, _ in chunk])), frames=frames,
+                                                frame_mask=mask).to(device))
+
+        vt = VideoRepr.collect(encoded(), len(videos)).map(lambda t: t.float())
         t_videos = time.perf_counter() - t0
         qs = []
         for s in range(0, len(queries), qb):

@@ -25,6 +25,16 @@ FULL_VISUAL_DIM = {"cha": 1024, "tvr": 3072, "act": 1024}
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process, MB: VmHWM (Linux), the high-water mark of this program's own memory.
+    Not ru_maxrss there: Linux carries ru_maxrss across exec, so a child of a big process (bench/compare_original.py
+    holding the evaluation inputs: 2.1 GB) starts at its parent's RSS at fork time."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

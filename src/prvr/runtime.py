@@ -13,6 +13,7 @@ import os
 import sys
 
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 _done = False
 
@@ -31,4 +32,20 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):
         return False
     _done = ok
+    return ok
+
+
+def release_freed_memory() -> bool:
+    """Undo `tune_allocator` for a training step whose peak it raises (a model with
+    `training_keeps_freed_memory = False`): every block of 128 KiB or more is mmapped and unmapped when freed, and
+    the heap is trimmed. The step page-faults its activations back in, but its peak RSS is the memory in use:
+    kept in one heap, the freed activations of chunked recomputation fragment it (Holmes, a 128-video step:
+    5.9 GB against 3.0 GB, for 40 against 50 CPU-s). No-op unless `tune_allocator` was applied."""
+    global _done
+    if not _done:
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    ok = (libc.mallopt(M_MMAP_MAX, 65536) == 1 and libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024) == 1
+          and libc.mallopt(M_TRIM_THRESHOLD, 256 * 1024) == 1)
+    _done = not ok
     return ok

@@ -4,6 +4,7 @@ time spans, query and video containers. Fast; also what `make mutate` runs on pr
 import pytest
 import torch
 
+from prvr.models import base
 from prvr.models.base import (
     QueryRepr,
     TokenLayout,
@@ -48,13 +49,16 @@ def case(seed=0, pads_zero=True, dim=5):
     return q, v, layouts
 
 
+@pytest.mark.parametrize("block", [1 << 24, 1, 40])  # one pass; one video a block; 2, 1 videos (2 x 3 x 6 each)
 @pytest.mark.parametrize("pads_zero", [True, False])
-def test_max_similarity_scores_by_hand(pads_zero):
+def test_max_similarity_scores_by_hand(pads_zero, block, monkeypatch):
+    monkeypatch.setattr(base, "SCORE_BLOCK", block)
     for seed in range(3):
         q, v, layouts = case(seed, pads_zero)
         got = max_similarity_scores(q, v, layouts)
         want = by_hand(q, v, layouts)
         for name in layouts:
+            assert got[name].shape == want[name].shape
             torch.testing.assert_close(got[name].double(), want[name], atol=1e-6, rtol=0)
 
 
@@ -137,3 +141,19 @@ def test_query_and_video_containers():
     assert len(w) == 4 and w.sets["frame"].mask.shape == (4, 4) and float(w.sets["clip"].tokens[3, 0, 0]) == 6.0
     vn = w.normalize()
     assert vn.normalized and vn.normalize() is vn and torch.allclose(vn.sets["clip"].tokens.norm(dim=-1), torch.ones(4, 3))
+
+
+def test_collect_equals_cat_and_refuses_other_shapes():
+    parts = [VideoRepr({"clip": TokenSet(torch.randn(n, 3, 2)), "frame": TokenSet(torch.randn(n, 4, 2), torch.ones(n, 4))})
+             for n in (2, 3, 1)]
+    got, want = VideoRepr.collect(iter(parts), 6), VideoRepr.cat(parts)
+    for name, s in want.sets.items():
+        assert torch.equal(got.sets[name].tokens, s.tokens)
+        assert (s.mask is None and got.sets[name].mask is None) or torch.equal(got.sets[name].mask, s.mask)
+    with pytest.raises(ValueError, match="expected 5 videos, got more"):
+        VideoRepr.collect(iter(parts), 5)
+    odd = VideoRepr({"clip": TokenSet(torch.randn(1, 1, 2)), "frame": TokenSet(torch.randn(1, 4, 2), torch.ones(1, 4))})
+    with pytest.raises(ValueError, match="cannot be concatenated"):
+        VideoRepr.collect(iter([parts[0], odd]), 3)
+    with pytest.raises(ValueError, match="expected 7 videos, got 6"):
+        VideoRepr.collect(iter(parts), 7)

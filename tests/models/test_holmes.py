@@ -13,11 +13,10 @@ import torch
 from prvr.data.datasets import Batch
 from prvr.errors import CheckpointError
 from prvr.index.search import Retriever
-from prvr.models import build_model
+from prvr.models import base, build_model
 from prvr.models.base import TrainStep
 from prvr.models.checkpoint import load_checkpoint, read_metadata
 from prvr.models.holmes import HolmesLoss
-from prvr.models.holmes import model as holmes_model
 from prvr.models.holmes.convert import convert_state_dict
 from prvr.models.holmes.transport import pot_inputs, transport_plan
 from prvr.models.presets import load_preset
@@ -179,7 +178,7 @@ def test_blocked_scoring_equals_one_pass(monkeypatch):
     with torch.no_grad():
         q, v = model.encode_queries(b), model.encode_videos(b)
         whole = model.score(q, v)
-        monkeypatch.setattr(holmes_model, "SCORE_BLOCK", 1)  # one video per block
+        monkeypatch.setattr(base, "SCORE_BLOCK", 1)  # one video per block
         blocked = model.score(q, v)
     torch.testing.assert_close(blocked, whole, atol=1e-6, rtol=0)
 
@@ -200,3 +199,46 @@ def test_encode_queries_of_one_caption():
         with torch.no_grad():
             q = model.encode_queries(Batch(text=text, text_mask=torch.ones(1, 6)))
         assert q.vectors.shape[:2] == (1, 2 if form == "single" else 7)
+
+
+@pytest.mark.parametrize("query_form", ["single", "multi"])
+def test_recompute_of_frame_bank_and_query_branch_keeps_loss_and_gradients(query_form):
+    """Training with dropout: the frame bank (one chunk: the whole batch) and both query passes recomputed in
+    backward replay their dropout masks, so loss and gradients are those of keeping every activation."""
+    cfg = tiny(query_form=query_form)
+    model = build_model(cfg.model).train()
+    criterion = HolmesLoss(cfg.loss, cfg.model)
+    b = random_batch(n_videos=3, caps=(2, 1, 3), cfg=cfg.model)
+
+    def run(n):
+        model.set_recompute(n)
+        assert model.recompute_queries == (n > 0)
+        torch.manual_seed(3)
+        loss, _ = criterion(model.forward_train(b), b.labels, TrainStep())
+        model.zero_grad()
+        loss.backward()
+        return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    loss0, g0 = run(0)
+    loss1, g1 = run(100)
+    assert torch.equal(loss1, loss0)
+    assert g0.keys() == g1.keys()
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_encoding_in_chunks_of_videos_equals_one_pass(monkeypatch):
+    """Evaluation encodes `inference_videos` videos at a time; the tokens are those of the whole batch."""
+    cfg = tiny()
+    model = build_model(cfg.model).eval()
+    b = random_batch(n_videos=5, caps=(1, 1, 1, 1, 1), lens=(5, 40, 128, 7, 60), cfg=cfg.model)
+    with torch.no_grad():
+        monkeypatch.setattr(type(model), "inference_videos", 2)  # chunks of 2, 2, 1
+        chunked = model.encode_videos(b)
+        monkeypatch.setattr(type(model), "inference_videos", 0)
+        whole = model.encode_videos(b)
+    for name, s in whole.sets.items():
+        torch.testing.assert_close(chunked.sets[name].tokens, s.tokens, atol=1e-6, rtol=0)
+        assert (s.mask is None) == (chunked.sets[name].mask is None)
+        if s.mask is not None:
+            assert torch.equal(chunked.sets[name].mask, s.mask)

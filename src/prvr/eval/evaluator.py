@@ -42,8 +42,8 @@ def encode_videos(model: PRVRModel, dataset: EvalVideos, batch_size: int = 100, 
                   progress: bool = False) -> VideoRepr:
     """All videos of a split, in split order, on `device`."""
     loader = _loader(dataset, batch_size, collate_videos, num_workers)
-    return VideoRepr.cat([model.encode_videos(b.to(device))
-                          for b in tqdm(loader, desc="videos", unit="batch", disable=not progress)])
+    return VideoRepr.collect((model.encode_videos(b.to(device))
+                              for b in tqdm(loader, desc="videos", unit="batch", disable=not progress)), len(dataset))
 
 
 @torch.no_grad()
@@ -62,7 +62,8 @@ def rank_queries(model: PRVRModel, queries: QueryRepr, videos: VideoRepr, gt: to
     """Score queries against all videos in chunks of queries; ranks (N,) and optionally the full matrix.
     A NaN/Inf score is refused (NonFiniteError naming the query and video): a NaN would rank first."""
     ranks, kept = [torch.zeros(0, dtype=torch.long, device=queries.vectors.device)], []
-    videos, queries = videos.normalize(), queries.normalize()  # once, not per chunk
+    queries = queries.normalize()  # once, not per chunk; the videos are normalised block by block as they are
+    # scored (`max_similarity_scores`): a normalised copy of every video token would be held beside them
     for start in range(0, len(queries), chunk):
         s = model.score(queries[start:start + chunk], videos)  # (chunk, V)
         _check_finite_scores(s, start, query_ids, video_ids)

@@ -33,6 +33,7 @@ from prvr.config import LossConfig, ModelConfig
 from prvr.data.preprocess import cell_bounds
 
 NEG_INF = float("-inf")
+SCORE_BLOCK = 1 << 24  # cosines held at once by `max_similarity_scores` (N x M x videos x L): 64 MB of float32
 
 
 # ------------------------------------------------------------------------------------------------ time spans
@@ -124,6 +125,30 @@ class VideoRepr:
         return VideoRepr({k: TokenSet(F.normalize(s.tokens, dim=-1), s.mask) for k, s in self.sets.items()}, True)
 
     @staticmethod
+    def collect(parts: Iterator[VideoRepr], total: int) -> VideoRepr:
+        """`cat` of parts as they come, into tensors of `total` videos allocated at the first part: the parts (each
+        free once copied) and the whole never exist side by side, as they do with a list and `cat`."""
+        out, at = None, 0
+        for part in parts:
+            if out is None:
+                out = part.map(lambda t: t.new_empty((total, *t.shape[1:])))
+            n = len(part)
+            if at + n > total:
+                raise ValueError(f"expected {total} videos, got more")
+            for name, s in part.sets.items():
+                o = out.sets[name]
+                if s.tokens.shape[1:] != o.tokens.shape[1:]:
+                    raise ValueError(f"token set {name!r}: part of shape {tuple(s.tokens.shape)} after "
+                                     f"{tuple(o.tokens.shape[1:])}; cannot be concatenated")
+                o.tokens[at:at + n] = s.tokens  # (n, L, D)
+                if s.mask is not None:
+                    o.mask[at:at + n] = s.mask
+            at += n
+        if out is None or at != total:
+            raise ValueError(f"expected {total} videos, got {at}")
+        return out
+
+    @staticmethod
     def cat(parts: Sequence[VideoRepr]) -> VideoRepr:
         first = parts[0]
         return VideoRepr({k: TokenSet(torch.cat([p.sets[k].tokens for p in parts]),
@@ -204,8 +229,22 @@ def pad_frames(frames: torch.Tensor, frame_mask: torch.Tensor, length: int) -> t
 
 def max_similarity_scores(queries: QueryRepr, videos: VideoRepr, layouts: dict[str, TokenLayout]
                           ) -> dict[str, torch.Tensor]:
-    """Per token set s: sum over the rows aimed at s of a_m * max_l cos(q_m, token_{s,l}) -> (N, B) each."""
-    q, v = queries.normalize(), videos.normalize()
+    """Per token set s: sum over the rows aimed at s of a_m * max_l cos(q_m, token_{s,l}) -> (N, B) each.
+    In blocks of videos, each normalised as it is scored: the (N, M_s, B, L) cosines and the normalised tokens
+    exist for at most SCORE_BLOCK cosines' worth of videos at a time (1,024 queries x 1,334 videos x 128 frames
+    would be 700 MB at once); each video's scores are computed alone, so the blocks change nothing."""
+    q = queries.normalize()
+    longest = max(s.tokens.shape[1] for s in videos.sets.values())
+    per = max(1, SCORE_BLOCK // max(1, q.vectors.shape[0] * q.vectors.shape[1] * longest))
+    if per >= len(videos):
+        return _max_similarity_block(q, videos.normalize(), layouts)
+    parts = [_max_similarity_block(q, videos.map(lambda t, a=a: t[a:a + per]).normalize(), layouts)
+             for a in range(0, len(videos), per)]
+    return {name: torch.cat([p[name] for p in parts], dim=1) for name in layouts}
+
+
+def _max_similarity_block(q: QueryRepr, v: VideoRepr, layouts: dict[str, TokenLayout]) -> dict[str, torch.Tensor]:
+    """`max_similarity_scores` of normalised queries against one block of normalised videos -> (N, b) each."""
     out = {}
     for name, layout in layouts.items():
         rows = q.rows_for(name)
@@ -220,6 +259,9 @@ class PRVRModel(nn.Module):
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     scores_by_max_similarity: ClassVar[bool] = True
+    # training keeps freed memory in the heap for the next step (`prvr.runtime.tune_allocator`: faster); False: the
+    # entry points give it back (`release_freed_memory`), for a model whose step fragments that heap
+    training_keeps_freed_memory: ClassVar[bool] = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -5,8 +5,11 @@ w_c max cos(q, clips) + w_f max cos(q, frames), and the authors' initialisation.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from prvr.models.base import PRVRModel, QueryRepr, TokenLayout, TokenSet, VideoRepr, pad_frames
 from prvr.models.layers import AttentionBlock, PositionalEncoding, Projection
@@ -31,6 +34,9 @@ class ClipFrameModel(PRVRModel):
     """A model with the family's query branch and clip + frame token sets. Subclasses call `build_query_branch`
     in `__init__` where the original creates it (module order sets the init draws) and provide `video_tokens`."""
 
+    inference_videos: ClassVar[int] = 0  # > 0: `encode_videos` encodes so many videos at a time (less memory)
+    recompute_queries: bool = False  # training: recompute the query branch in backward instead of keeping it
+
     def build_query_branch(self) -> None:
         c = self.cfg
         D = c.hidden_size
@@ -40,7 +46,15 @@ class ClipFrameModel(PRVRModel):
         self.query_pooling = nn.Linear(D, 1, bias=False)
 
     def query_embedding(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """text (N, Lq, Dq), text_mask (N, Lq) -> query embedding (N, D): masked attention pooling of the tokens."""
+        """text (N, Lq, Dq), text_mask (N, Lq) -> query embedding (N, D): masked attention pooling of the tokens.
+        With `recompute_queries` (set by a model's `set_recompute`) in training, the branch keeps only its input
+        and output and is run again in the backward pass (same dropout masks: the RNG state is replayed): its
+        activations are (N, Lq, 4 D)-sized, ~0.45 GB a pass for 330 captions of 30 tokens."""
+        if self.recompute_queries and torch.is_grad_enabled():
+            return checkpoint(self._query_embedding, text, text_mask, use_reentrant=False)
+        return self._query_embedding(text, text_mask)
+
+    def _query_embedding(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         x = self.query_encoder(self.query_pos(self.query_proj(text)), key_mask=text_mask)  # (N, Lq, D)
         logits = self.query_pooling(x).squeeze(-1)  # (N, Lq)
         logits = logits * text_mask + (1 - text_mask) * -1e10
@@ -67,5 +81,17 @@ class ClipFrameModel(PRVRModel):
         return QueryRepr.single(self.query_embedding(batch.text, batch.text_mask), SETS)
 
     def encode_videos(self, batch) -> VideoRepr:
-        clip, frame, frame_mask = self.video_tokens(batch.clip, batch.frames, batch.frame_mask)
+        """Without autograd and with `inference_videos` > 0, `inference_videos` videos at a time: the activations
+        of the projections and the branch banks (A x the tokens, 4 A x in the feed-forward, the fusion's keys and
+        values: ~2.4 MB a video per branch at 128 frames) then exist for so many videos, not a whole batch. Each
+        video is encoded alone (no draws at inference), so the chunks change nothing."""
+        n = self.inference_videos
+        if not n or torch.is_grad_enabled() or len(batch.clip) <= n:
+            return self._encode_videos(batch.clip, batch.frames, batch.frame_mask)
+        return VideoRepr.collect((self._encode_videos(batch.clip[a:a + n], batch.frames[a:a + n],
+                                                      batch.frame_mask[a:a + n])
+                                  for a in range(0, len(batch.clip), n)), len(batch.clip))
+
+    def _encode_videos(self, clip: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> VideoRepr:
+        clip, frame, frame_mask = self.video_tokens(clip, frames, frame_mask)
         return VideoRepr({"clip": TokenSet(clip), "frame": TokenSet(frame, frame_mask)})

@@ -40,6 +40,7 @@ class TrainOutputs:
 class HLFormer(ClipFrameModel):
     config_class = HLFormerConfig
     cfg: HLFormerConfig
+    inference_videos = 8  # evaluation encodes 8 videos at a time (see ClipFrameModel.encode_videos)
 
     def __init__(self, cfg: HLFormerConfig):
         super().__init__(cfg)

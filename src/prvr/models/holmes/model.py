@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from prvr.models.base import QueryRepr, VideoRepr, max_similarity_scores
+from prvr.models.base import QueryRepr
 from prvr.models.family import SETS, ClipFrameModel, init_family_weights
 from prvr.models.fused import fused_enabled
 from prvr.models.holmes.config import HolmesConfig
@@ -24,8 +24,6 @@ from prvr.models.layers import (
     gaussian_kernel,
 )
 from prvr.models.losses import max_similarity
-
-SCORE_BLOCK = 1 << 26  # similarities held at once when a query has many rows (multi form): 256 MB of float32
 
 
 @dataclass
@@ -139,6 +137,10 @@ class TokenWeights(nn.Module):
 class Holmes(ClipFrameModel):
     config_class = HolmesConfig
     cfg: HolmesConfig
+    inference_videos = 8  # evaluation encodes 8 videos at a time (see ClipFrameModel.encode_videos)
+    # its step in one heap peaks at 5.9 GB for 3.0 GB in use (128 videos): the chunked recompute's freed
+    # activations fragment it; given back, 3.0 GB (bench/train_step.py; 50 against 40 CPU-s)
+    training_keeps_freed_memory = False
 
     def __init__(self, cfg: HolmesConfig):
         super().__init__(cfg)
@@ -162,12 +164,14 @@ class Holmes(ClipFrameModel):
         self.reset_parameters()
 
     def set_recompute(self, videos: int) -> None:
-        """Trade compute for memory in training: recompute the frame branch bank up to its last norm in the backward
-        pass, `videos` videos at a time (0: keep every activation). Results are unchanged. The clip bank (32
-        positions against the frames' 128) keeps its activations: recomputing it as well was measured on a
-        128-video step at more time (66.3 against 59.5 CPU-s) and no less peak memory (5.6 GB against 5.1 GB).
+        """Trade compute for memory in training (0: keep every activation; results are unchanged either way): the
+        frame branch bank is recomputed up to its last norm in the backward pass, `videos` videos at a time, and
+        the query branch (both passes) is recomputed whole. The clip bank (32 positions against the frames' 128)
+        keeps its activations: recomputing it as well was measured on a 128-video step at more time (66.3
+        against 59.5 CPU-s) and no less peak memory (5.6 GB against 5.1 GB).
         """
         self.frame_branch.recompute_videos = max(0, int(videos))
+        self.recompute_queries = videos > 0
 
     def reset_parameters(self) -> None:
         """Linear/Embedding N(0, 0.02), biases 0, LayerNorm 1/0 over the whole model, as in the original."""
@@ -185,18 +189,6 @@ class Holmes(ClipFrameModel):
         N, Lq, _ = tokens.shape
         return QueryRepr(torch.cat([query[:, None], tokens], dim=1), torch.cat([weights.new_ones(N, 1), weights], 1),
                          ("clip",) + ("frame",) * Lq)
-
-    def set_scores(self, queries: QueryRepr, videos: VideoRepr) -> dict[str, torch.Tensor]:
-        """The weighted max-similarity of the contract, in blocks of videos when the queries have many rows (the
-        multi form's (N, 1 + Lq, B, L) similarities would not fit in memory at evaluation size)."""
-        q, v = queries.normalize(), videos.normalize()
-        layouts = self.token_layouts()
-        longest = max(s.tokens.shape[1] for s in v.sets.values())
-        per = max(1, SCORE_BLOCK // max(1, q.vectors.shape[0] * q.vectors.shape[1] * longest))
-        if per >= len(v):
-            return max_similarity_scores(q, v, layouts)
-        parts = [max_similarity_scores(q, v.map(lambda t, a=a: t[a:a + per]), layouts) for a in range(0, len(v), per)]
-        return {name: torch.cat([p[name] for p in parts], dim=1) for name in layouts}
 
     def forward_train(self, batch) -> TrainOutputs:
         return self(batch.clip, batch.frames, batch.frame_mask, batch.text, batch.text_mask)
