@@ -261,6 +261,7 @@ def test_exact_rescoring_from_the_stored_tokens(two_shards):
     assert np.array_equal(np.isinf(got), ids < 0)
     np.testing.assert_allclose(got[ids >= 0], want[ids >= 0], atol=1e-6, rtol=0)  # float32 dots of float16 tokens
     assert len({int(np.searchsorted(t.part_starts, i, "right")) for i in ids[ids >= 0]}) == 4  # all four parts read
+    assert np.array_equal(t._exact(vectors.astype(np.float64), ids), got)  # float64 rows are read as float32
     only_last = np.array([[n - 1, -1], [-1, -1]])
     np.testing.assert_allclose(t._exact(vectors[:2], only_last)[0, 0], table.tokens[n - 1] @ vectors[0], atol=1e-6)
     assert np.all(np.isneginf(t._exact(vectors[:2], only_last).reshape(-1)[1:]))
@@ -330,13 +331,32 @@ def test_candidates_are_the_bound_by_hand(two_shards, codes):
     rng = np.random.default_rng(4)
     seen_cut = 0
     for q in queries(rng, 12):
-        for sizes in (AnnSizes(10, 6, 3), AnnSizes(25, 8, 8), AnnSizes(6, 50, 2), AnnSizes(40, 12, 1)):
+        for sizes in (AnnSizes(10, 6, 3), AnnSizes(25, 8, 8), AnnSizes(6, 50, 2), AnnSizes(40, 12, 1),
+                      AnnSizes(1, 5, 8), AnnSizes(2, 5, 8), AnnSizes(60, 1, 8), AnnSizes(60, 2, 8)):
             want, bound = candidates_by_hand(t, table, q, sizes)
             t.ann.nprobe = 8 if sizes.nprobe != 8 else 1  # candidates must set the lists probed itself
             got = t.candidates(q, sizes)
             assert got.dtype == np.int64 and got.tolist() == want, (codes, sizes)
             seen_cut += len(bound) > sizes.videos
-    assert seen_cut >= 12  # the video budget cut in many of them
+    assert seen_cut >= 24  # the video budget cut in many of them
+
+
+@pytest.mark.parametrize("codes", ["sq8", "pq4"])
+def test_candidates_cut_from_hundreds_of_videos(tmp_path, codes):
+    """600 videos of one clip cell and one frame, every token retrieved: the budget keeps the best bounds (numpy
+    partitions arrays this long by introselect, whose order before the cut is arbitrary)."""
+    rng = np.random.default_rng(5)
+    layouts = {"clip": TokenLayout(1), "frame": TokenLayout(1, ragged=True)}
+    videos = [{"clip": unit(rng.standard_normal((1, D))), "frame": unit(rng.standard_normal((1, D)))}
+              for _ in range(600)]
+    index = make_index(tmp_path, [videos[:350], videos[350:]], layouts=layouts)
+    build_ann(index, nlist=4, codes=codes)
+    t, table = tann(index), Table(index)
+    for q in queries(rng, 4):
+        for sizes in (AnnSizes(300, 1, 4), AnnSizes(300, 2, 4), AnnSizes(300, 40, 4), AnnSizes(1200, 450, 4)):
+            want, bound = candidates_by_hand(t, table, q, sizes)
+            assert len(bound) > sizes.videos
+            assert t.candidates(q, sizes).tolist() == want, (codes, sizes)
 
 
 def bare_index(tmp_path, videos, layouts):
@@ -390,3 +410,19 @@ def test_candidates_by_hand_on_planted_tokens(tmp_path):
         got = t.candidates(nothing, AnnSizes(3, 10, 1))
         assert got.dtype == np.int64 and got.tolist() == []
     assert t.candidates(both, AnnSizes(30, 10, 1)).tolist() == [0, 1, 2, 3]  # more tokens asked than exist
+
+
+def test_candidates_read_the_first_token_as_its_own(tmp_path):
+    """Token 0 (the first video's only frame, its own part when the shard holds one video) is the video's and the
+    set's like any other: a query at it finds video 0 by its frame, not its neighbour's owner or set."""
+    layouts = {"frame": TokenLayout(2, ragged=True), "clip": TokenLayout(2)}
+    x = np.eye(4)
+    one = {"frame": x[:1], "clip": np.stack([x[1], -x[0]])}  # v0: frame e0 (token 0), clip cells e1, -e0
+    other = {"frame": np.stack([-x[0], x[2]]), "clip": np.stack([x[3], -x[3]])}
+    q = QueryRepr.single(torch.tensor([[1.0, 0, 0, 0]]), ("frame",))
+    for shards in ([[one, other]], [[one], [other]]):  # token 1 is v1's frame; token 1 is v0's clip cell
+        index = make_index(tmp_path / str(len(shards)), shards, layouts=layouts)
+        build_ann(index, nlist=1, codes="sq8")
+        t = tann(index)
+        t.ann.nprobe = 1
+        assert t.candidates(q, AnnSizes(1, 5, 1)).tolist() == [0]  # the nearest token only
