@@ -118,6 +118,27 @@ def test_build_writes_ids_owners_and_parts(two_shards, codes, tmp_path):
         assert np.mean(np.take_along_axis(ids, np.argmax(exact, 1)[:, None], 1)[:, 0] == np.arange(n_tokens)) > 0.99
 
 
+@pytest.mark.parametrize("codes", ["sq8", "pq4"])
+def test_build_is_faiss_over_every_token_in_id_order(two_shards, codes):
+    """With the whole collection as its sample, the ANN stage is, byte for byte, faiss's inverted lists trained on
+    every token in id order (10 k-means iterations, inner product) holding 8-bit scalar codes of every dimension
+    (sq8) or 4-bit product codes of 4-d pieces (pq4), each token under its id."""
+    index, table = two_shards
+    build_ann(index, nlist=8, codes=codes)
+    x = table.tokens.astype(np.float32)
+    quantizer = faiss.IndexFlatIP(D)
+    if codes == "sq8":
+        ref = faiss.IndexIVFScalarQuantizer(quantizer, D, 8, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    else:
+        ref = faiss.IndexIVFPQFastScan(quantizer, D, 8, D // 4, 4, faiss.METRIC_INNER_PRODUCT)
+    ref.cp.niter = 10
+    ref.train(x)
+    ref.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+    built = faiss.read_index(str(index / "ann.faiss"))
+    assert built.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert np.array_equal(faiss.serialize_index(built), faiss.serialize_index(ref))
+
+
 def test_build_in_chunks_and_from_a_small_sample(two_shards, tmp_path):
     index, table = two_shards
     build_ann(index, nlist=8, codes="sq8", chunk=7)
@@ -132,9 +153,11 @@ def test_build_in_chunks_and_from_a_small_sample(two_shards, tmp_path):
     for shard_videos in (range(30), range(30, 50)):
         for s in (0, 1):
             parts.append(int(np.sum((table.set == s) & np.isin(table.owner, list(shard_videos)))))
-    take = 9  # the sample: per part min(len, max(1, round(9 * len / n_tokens))) tokens; nlist is capped at it
-    sample = sum(min(p, max(1, round(take * p / n_tokens))) for p in parts)
-    assert build_ann(index, nlist=64, codes="sq8", train_size=take)["nlist"] == sample < 64
+    for take in (9, 2):  # the sample: per part min(len, max(1, round(take * len / n_tokens))) tokens (2: a part's
+        # share rounds to 0, and it still gives 1); nlist is capped at the sample's size
+        sample = sum(min(p, max(1, round(take * p / n_tokens))) for p in parts)
+        assert build_ann(index, nlist=64, codes="sq8", train_size=take)["nlist"] == sample < 64
+    assert [round(2 * p / n_tokens) for p in parts].count(0) >= 1
     default = int(4 * math.sqrt(n_tokens))  # 4 sqrt(tokens) lists
     assert build_ann(index, codes="sq8")["nlist"] == default
     build_ann(index, nlist=8, codes="sq8", train_size=60)
@@ -174,13 +197,27 @@ def test_build_refusals(tmp_path, monkeypatch):
     assert str(e.value) == f"{odd}: pq4 codes need a token size divisible by 4, got 6"
     build_ann(odd, codes="sq8")  # any width for sq8
 
+    (index / "ann.faiss").mkdir()
+    with pytest.raises(OutputError) as e:
+        build_ann(index, codes="sq8")
+    assert str(e.value) == f"{index / 'ann.faiss'}: ANN stage is a directory, expected a file path"
+    (index / "ann.faiss").rmdir()
+    manifest = json.loads((index / "manifest.json").read_text())
+    del manifest["normalized"]  # an index written before the flag: scored by max-similarity
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    assert build_ann(index, codes="sq8")["n_videos"] == 4
+    (index / "ann.faiss").unlink()
+    (index / "ann.json").unlink()
+
+    first = "Error in faiss::FileIOWriter: No space left on device " + "x" * 200
+
     def full_disk(ann, path):
-        raise RuntimeError("Error in faiss::FileIOWriter: No space left on device\nmore detail")
+        raise RuntimeError(first + "\nmore detail")
 
     monkeypatch.setattr(faiss, "write_index", full_disk)
     with pytest.raises(OutputError) as e:
         build_ann(index, codes="sq8")
-    assert str(e.value) == f"{index / 'ann.faiss'}: cannot write (Error in faiss::FileIOWriter: No space left on device)"
+    assert str(e.value) == f"{index / 'ann.faiss'}: cannot write ({first[:200]})"  # the first line, 200 characters
     assert not (index / "ann.json").exists() and not (index / "ann.faiss").exists()
 
 
