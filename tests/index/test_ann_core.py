@@ -8,17 +8,15 @@ import json
 import math
 from collections import defaultdict
 
+import faiss
 import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("faiss")
-import faiss  # noqa: E402
-
-from prvr.errors import OutputError  # noqa: E402
-from prvr.index.ann import AnnSizes, TokenANN, ann_sizes, build_ann  # noqa: E402
-from prvr.index.store import IndexError_, append_shard, create_index, layouts_of, load_shard, read_manifest  # noqa: E402
-from prvr.models.base import QueryRepr, TokenLayout  # noqa: E402
+from prvr.errors import OutputError
+from prvr.index.ann import AnnSizes, TokenANN, ann_sizes, build_ann
+from prvr.index.store import IndexError_, append_shard, create_index, layouts_of, load_shard, read_manifest
+from prvr.models.base import QueryRepr, TokenLayout
 
 D = 8
 LAYOUTS = {"clip": TokenLayout(4), "frame": TokenLayout(6, ragged=True, pads_score_zero=True)}
