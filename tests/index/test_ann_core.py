@@ -461,3 +461,17 @@ def test_candidates_read_the_first_token_as_its_own(tmp_path):
         t = tann(index)
         t.ann.nprobe = 1
         assert t.candidates(q, AnnSizes(1, 5, 1)).tolist() == [0]  # the nearest token only
+
+
+def test_build_one_token_set_and_checks_the_layouts(tmp_path):
+    rng = np.random.default_rng(8)
+    clip_only = {"clip": TokenLayout(4)}
+    index = make_index(tmp_path / "a", [[{"clip": unit(rng.standard_normal((4, D)))} for _ in range(5)]],
+                       layouts=clip_only, weights={"clip": 1.0})
+    meta = build_ann(index, nlist=4, codes="sq8")  # one shard, one set: one part
+    assert meta["n_tokens"] == 20 and meta["part_starts"] == [0] and meta["token_sets"] == ["clip"]
+    videos = random_videos(rng, 3)
+    videos[1]["clip"] = videos[1]["clip"][:3]  # 3 clip cells where the layout has 4
+    bad = make_index(tmp_path / "b", [videos])
+    with pytest.raises(IndexError_, match=r"corrupt shard \(token set 'clip': videos with 3\.\.4 tokens, expected 4\)$"):
+        build_ann(bad, nlist=4, codes="sq8")
