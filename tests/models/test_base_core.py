@@ -4,14 +4,19 @@ time spans, query and video containers. Fast; also what `make mutate` runs on pr
 import pytest
 import torch
 
+from prvr.config import ModelConfig
 from prvr.models import base
 from prvr.models.base import (
+    BatchShare,
     QueryRepr,
     TokenLayout,
     TokenSet,
     VideoRepr,
     max_similarity_scores,
+    pad_frames,
+    per_item_normal,
     set_similarities,
+    sharing,
 )
 from prvr.models.dreamprvr import DreamPRVR
 from tests.conftest import tiny_model_config
@@ -157,3 +162,103 @@ def test_collect_equals_cat_and_refuses_other_shapes():
         VideoRepr.collect(iter([parts[0], odd]), 3)
     with pytest.raises(ValueError, match="expected 7 videos, got 6"):
         VideoRepr.collect(iter(parts), 7)
+
+
+# --- what `make mutate` found untested in prvr.models.base
+def test_layout_from_dict_defaults():
+    """A layout written before `ragged` / `pads_score_zero` existed reads as neither."""
+    layout = TokenLayout.from_dict({"cells": 32})
+    assert layout == TokenLayout(32) and layout.ragged is False and layout.pads_score_zero is False
+    assert TokenLayout.from_dict({"cells": 8, "proposals": [[0, 2]]}) == TokenLayout(8, proposals=((0, 2),))
+
+
+def test_map_and_cat_keep_a_video_repr_normalized():
+    """A repr marked normalized (the index's tokens) is not normalised again after map (a dtype or device move)
+    or cat: scoring uses its tokens as they are."""
+    tokens = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])  # deliberately not unit: shows whether it is renormalised
+    v = VideoRepr({"clip": TokenSet(tokens)}, normalized=True)
+    q = QueryRepr(torch.tensor([[[1.0, 0.0]]]), torch.ones(1, 1), ("clip",))
+    layouts = {"clip": TokenLayout(2)}
+    for w in (v.map(lambda t: t.double()).map(lambda t: t.float()), VideoRepr.cat([v, v])):
+        assert w.normalized is True and w.normalize() is w
+        assert max_similarity_scores(q, w, layouts)["clip"][0, 0] == 2.0  # 1 after a renormalisation
+    plain = VideoRepr({"clip": TokenSet(tokens)})
+    assert plain.map(lambda t: t).normalized is False and VideoRepr.cat([plain]).normalized is False
+    assert max_similarity_scores(q, VideoRepr.cat([plain]), layouts)["clip"][0, 0] == 1.0
+
+
+def test_query_repr_map_applies_to_weights_too():
+    q = QueryRepr(torch.ones(3, 2, 4), torch.tensor([[1.0, 0.5]] * 3), ("clip", "frame"))
+    d = q.map(lambda t: t.double())
+    assert d.vectors.dtype == torch.float64 and d.weights.dtype == torch.float64 and d.targets == q.targets
+    s = q.map(lambda t: t[:1])
+    assert s.vectors.shape == (1, 2, 4) and s.weights.tolist() == [[1.0, 0.5]]
+
+
+def test_query_repr_cat_pads_a_part_one_row_short():
+    a = QueryRepr(torch.ones(1, 2, 4), torch.tensor([[1.0, 0.5]]), ("clip", "frame"))
+    b = QueryRepr(torch.ones(2, 3, 4) * 2, torch.tensor([[1.0, 0.5, 0.25]] * 2), ("clip", "frame", "frame"))
+    for parts, row_a, row_b in (([a, b], 0, 1), ([b, a], 2, 0)):  # a's query, one of b's
+        c = QueryRepr.cat(parts)
+        assert c.vectors.shape == (3, 3, 4) and c.targets == b.targets
+        assert c.weights[row_a].tolist() == [1.0, 0.5, 0.0] and c.vectors[row_a, 2].abs().sum() == 0
+        assert c.weights[row_b].tolist() == [1.0, 0.5, 0.25] and c.vectors[row_b, 2].tolist() == [2.0] * 4
+    with pytest.raises(ValueError, match=r"^query parts with different row targets cannot be concatenated$"):
+        QueryRepr.cat([QueryRepr(torch.ones(1, 2, 4), torch.ones(1, 2), ("frame", "frame")), b])
+
+
+def test_pad_frames():
+    frames, mask = torch.randn(2, 3, 4), torch.tensor([[1.0, 1, 1], [1, 1, 0]])
+    f, m = pad_frames(frames, mask, 5)
+    assert f.shape == (2, 5, 4) and torch.equal(f[:, :3], frames) and f[:, 3:].abs().sum() == 0
+    assert m.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
+    f, m = pad_frames(frames, mask, 3)
+    assert torch.equal(f, frames) and torch.equal(m, mask)
+    with pytest.raises(ValueError, match=r"^3 frames exceed max_ctx_l=2; sample frames first \(prvr.data.frame_sequence\)$"):
+        pad_frames(frames, mask, 2)
+
+
+def test_a_model_refuses_another_models_config():
+    with pytest.raises(TypeError, match=r"^DreamPRVR needs a DreamPRVRConfig, got ModelConfig$"):
+        DreamPRVR(ModelConfig())
+
+    class Sub(DreamPRVR):
+        pass
+
+    with pytest.raises(TypeError, match=r"^Sub needs a DreamPRVRConfig, got ModelConfig$"):
+        Sub(ModelConfig())
+
+
+def test_per_item_normal_draws():
+    """Without a share: the global RNG. Under a share: the global batch's draw from the share's generator, this
+    process's rows kept (videos and queries by their own starts); two processes' rows make one process's draw."""
+    torch.manual_seed(5)
+    a = per_item_normal("videos", 3, 2)
+    torch.manual_seed(5)
+    assert torch.equal(a, torch.randn(3, 2))
+
+    def gen():
+        return torch.Generator().manual_seed(11)
+
+    whole = torch.randn((6, 4), generator=gen())
+    queries = torch.randn((5, 4), generator=gen())
+    torch.manual_seed(0)
+    with sharing(BatchShare(gen(), video_start=2, videos=6, query_start=1, queries=5)):
+        assert torch.equal(per_item_normal("videos", 3, 4), whole[2:5])
+    with sharing(BatchShare(gen(), video_start=2, videos=6, query_start=1, queries=5)):
+        assert torch.equal(per_item_normal("queries", 2, 4), queries[1:3])
+    with sharing(BatchShare(gen())):  # the whole batch in this process
+        assert torch.equal(per_item_normal("videos", 6, 4), whole)
+    parts = []
+    for start in (0, 3):
+        with sharing(BatchShare(gen(), video_start=start, videos=6)):
+            parts.append(per_item_normal("videos", 3, 4))
+    assert torch.equal(torch.cat(parts), whole)
+    torch.manual_seed(5)
+    assert torch.equal(per_item_normal("videos", 3, 2), a)  # the share is gone after the block
+    for share in (None, BatchShare(gen(), video_start=1, videos=4)):
+        with sharing(share):
+            d = per_item_normal("videos", 2, 3, dtype=torch.float64)
+            assert d.dtype == torch.float64 and d.shape == (2, 3)
+            m = per_item_normal("videos", 2, 3, device="meta")  # the device is passed on (meta: no CUDA needed)
+            assert m.device.type == "meta" and m.shape == (2, 3)

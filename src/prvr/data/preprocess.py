@@ -35,7 +35,7 @@ def average_to_fixed_length(frames: np.ndarray, num_cells: int) -> np.ndarray:
     csum = np.concatenate([np.zeros((1, frames.shape[1]), np.float64), np.cumsum(frames, axis=0, dtype=np.float64)])
     count = end - start
     pooled = (csum[end] - csum[start]) / np.maximum(count, 1)[:, None]  # (num_cells, D)
-    single = count <= 0
+    single = count <= 1  # one row (or none: row b_i): the row itself, not a difference of running sums
     pooled[single] = frames[start[single]]
     return pooled.astype(np.float32)
 
