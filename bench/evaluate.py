@@ -59,6 +59,7 @@ def main() -> None:
     model = build_model(cfg.model, device).eval()
     videos, queries, labels = make_inputs(cfg.model, args.videos, args.queries)
     vb, qb = cfg.train.eval_context_bsz, cfg.train.eval_query_bsz
+    vb = min(vb, model.inference_videos or vb)  # as prvr.eval.evaluator.encode_videos reads them
 
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad(), bf16_autocast(device, args.amp):

@@ -40,8 +40,9 @@ def _loader(dataset, batch_size: int, collate, num_workers: int) -> DataLoader:
 @torch.no_grad()
 def encode_videos(model: PRVRModel, dataset: EvalVideos, batch_size: int = 100, device="cpu", num_workers: int = 0,
                   progress: bool = False) -> VideoRepr:
-    """All videos of a split, in split order, on `device`."""
-    loader = _loader(dataset, batch_size, collate_videos, num_workers)
+    """All videos of a split, in split order, on `device`. Read in batches of at most the model's
+    `inference_videos` (when set): the padded inputs then exist for so many videos, not `batch_size`."""
+    loader = _loader(dataset, min(batch_size, model.inference_videos or batch_size), collate_videos, num_workers)
     return VideoRepr.collect((model.encode_videos(b.to(device))
                               for b in tqdm(loader, desc="videos", unit="batch", disable=not progress)), len(dataset))
 

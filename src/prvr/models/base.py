@@ -262,6 +262,9 @@ class PRVRModel(nn.Module):
     # training keeps freed memory in the heap for the next step (`prvr.runtime.tune_allocator`: faster); False: the
     # entry points give it back (`release_freed_memory`), for a model whose step fragments that heap
     training_keeps_freed_memory: ClassVar[bool] = True
+    # > 0: evaluation encodes so many videos at a time (`encode_videos` without autograd) and reads its inputs in
+    # batches of at most so many (padded inputs and activations then exist for that many; results unchanged)
+    inference_videos: ClassVar[int] = 0
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -5,8 +5,6 @@ w_c max cos(q, clips) + w_f max cos(q, frames), and the authors' initialisation.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -34,7 +32,6 @@ class ClipFrameModel(PRVRModel):
     """A model with the family's query branch and clip + frame token sets. Subclasses call `build_query_branch`
     in `__init__` where the original creates it (module order sets the init draws) and provide `video_tokens`."""
 
-    inference_videos: ClassVar[int] = 0  # > 0: `encode_videos` encodes so many videos at a time (less memory)
     recompute_queries: bool = False  # training: recompute the query branch in backward instead of keeping it
 
     def build_query_branch(self) -> None:
