@@ -14,30 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: common.py (stdlib + torch)
+from common import peak_rss_mb  # noqa: E402
 from holmes import base_config, load_original
 
 FULL_VISUAL_DIM = {"cha": 1024, "tvr": 3072, "act": 1024}
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process, MB: VmHWM (Linux), the high-water mark of this program's own memory.
-    Not ru_maxrss there: Linux carries ru_maxrss across exec, so a child of a big process (bench/compare_original.py
-    holding the evaluation inputs: 2.1 GB) starts at its parent's RSS at fork time."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def ragged(z, name: str) -> list[torch.Tensor]:

@@ -36,3 +36,25 @@ def test_batch_size_and_padding_do_not_change_video_tokens(name):
         whole, eights = encode(20), encode(8)
     for k, s in whole.sets.items():
         assert torch.equal(s.tokens, eights.sets[k].tokens), k  # measured: identical
+
+
+@pytest.mark.parametrize("name", ["hlformer", "holmes"])
+def test_encoding_in_chunks_of_videos_equals_one_pass(name, monkeypatch):
+    """Evaluation encodes `inference_videos` videos at a time; the tokens are those of the whole batch."""
+    cfg = resolve(name, "tiny").model
+    torch.manual_seed(0)
+    model = build_model(cfg, "cpu").eval()
+    rng = np.random.default_rng(1)
+    videos = [rng.standard_normal((n, cfg.visual_dim)).astype("float32") for n in (5, 40, 128, 7, 60)]
+    frames, mask = pad_sequences([frame_sequence(v) for v in videos])
+    b = Batch(clip=torch.from_numpy(np.stack([clip_grid(v) for v in videos])), frames=frames, frame_mask=mask)
+    with torch.no_grad():
+        monkeypatch.setattr(type(model), "inference_videos", 2)  # chunks of 2, 2, 1
+        chunked = model.encode_videos(b)
+        monkeypatch.setattr(type(model), "inference_videos", 0)
+        whole = model.encode_videos(b)
+    for k, s in whole.sets.items():
+        torch.testing.assert_close(chunked.sets[k].tokens, s.tokens, atol=1e-6, rtol=0)
+        assert (s.mask is None) == (chunked.sets[k].mask is None)
+        if s.mask is not None:
+            assert torch.equal(chunked.sets[k].mask, s.mask)

@@ -186,19 +186,3 @@ def test_degenerate_heads_stay_finite():
     origin[1:, 0] = (1 + origin[1:, 1:].pow(2).sum(-1)).sqrt()
     out = LorentzManifold.logmap0(origin)
     assert torch.isfinite(out).all() and (out[0] == 0).all()
-
-
-def test_encoding_in_chunks_of_videos_equals_one_pass(monkeypatch):
-    """Evaluation encodes `inference_videos` videos at a time; the tokens are those of the whole batch."""
-    cfg = tiny()
-    model = build_model(cfg.model).eval()
-    b = batch(cfg.model, caps=(1, 1, 1, 1, 1), lens=(5, 40, 128, 7, 60))
-    with torch.no_grad():
-        monkeypatch.setattr(type(model), "inference_videos", 2)  # chunks of 2, 2, 1
-        chunked = model.encode_videos(b)
-        monkeypatch.setattr(type(model), "inference_videos", 0)
-        whole = model.encode_videos(b)
-    for name, s in whole.sets.items():
-        torch.testing.assert_close(chunked.sets[name].tokens, s.tokens, atol=1e-6, rtol=0)
-        if s.mask is not None:
-            assert torch.equal(chunked.sets[name].mask, s.mask)

@@ -225,20 +225,3 @@ def test_recompute_of_frame_bank_and_query_branch_keeps_loss_and_gradients(query
     assert g0.keys() == g1.keys()
     for k in g0:
         torch.testing.assert_close(g1[k], g0[k], atol=1e-6, rtol=0, msg=k)
-
-
-def test_encoding_in_chunks_of_videos_equals_one_pass(monkeypatch):
-    """Evaluation encodes `inference_videos` videos at a time; the tokens are those of the whole batch."""
-    cfg = tiny()
-    model = build_model(cfg.model).eval()
-    b = random_batch(n_videos=5, caps=(1, 1, 1, 1, 1), lens=(5, 40, 128, 7, 60), cfg=cfg.model)
-    with torch.no_grad():
-        monkeypatch.setattr(type(model), "inference_videos", 2)  # chunks of 2, 2, 1
-        chunked = model.encode_videos(b)
-        monkeypatch.setattr(type(model), "inference_videos", 0)
-        whole = model.encode_videos(b)
-    for name, s in whole.sets.items():
-        torch.testing.assert_close(chunked.sets[name].tokens, s.tokens, atol=1e-6, rtol=0)
-        assert (s.mask is None) == (chunked.sets[name].mask is None)
-        if s.mask is not None:
-            assert torch.equal(chunked.sets[name].mask, s.mask)
