@@ -22,7 +22,7 @@ from prvr.device import bf16_autocast, resolve_device  # noqa: E402
 from prvr.models import build_loss, build_model  # noqa: E402
 from prvr.models.base import TrainStep  # noqa: E402
 from prvr.models.presets import resolve  # noqa: E402
-from prvr.runtime import release_freed_memory, tune_allocator  # noqa: E402
+from prvr.runtime import allocator_for_training, tune_allocator  # noqa: E402
 from prvr.train.optim import BertAdam, param_groups  # noqa: E402
 
 
@@ -47,8 +47,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model, device).train()
     model.set_recompute(cfg.train.recompute_videos)
-    if not model.training_keeps_freed_memory:
-        release_freed_memory()  # as prvr.train.loop does for this model
+    allocator_for_training(model.training_keeps_freed_memory)  # as prvr.train.loop does
     opt = BertAdam(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, warmup=0.01, t_total=1000)
     criterion = build_loss(cfg.loss, cfg.model)
     batch = random_batch(cfg.model, args.batch_videos, captions_per_video=(1, 4)).to(device)

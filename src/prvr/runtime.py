@@ -16,6 +16,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 _done = False
+_released = False  # `release_freed_memory` undid `tune_allocator`
 
 
 def tune_allocator() -> bool:
@@ -41,11 +42,25 @@ def release_freed_memory() -> bool:
     the heap is trimmed. The step page-faults its activations back in, but its peak RSS is the memory in use:
     kept in one heap, the freed activations of chunked recomputation fragment it (Holmes, a 128-video step:
     5.9 GB against 3.0 GB, for 40 against 50 CPU-s). No-op unless `tune_allocator` was applied."""
-    global _done
+    global _done, _released
     if not _done:
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     ok = (libc.mallopt(M_MMAP_MAX, 65536) == 1 and libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024) == 1
           and libc.mallopt(M_TRIM_THRESHOLD, 256 * 1024) == 1)
-    _done = not ok
+    _done, _released = not ok, ok
     return ok
+
+
+def allocator_for_training(keeps_freed_memory: bool) -> bool:
+    """Before a model's training (its `training_keeps_freed_memory`): give freed memory back, or keep it again if an
+    earlier model of this process had it given back (`prvr compare` trains several models in one process); the
+    tuning stays off where the entry point never applied it. Returns whether the heap keeps freed memory."""
+    global _released
+    if not keeps_freed_memory:
+        release_freed_memory()
+        return False
+    if _released:
+        _released = False
+        tune_allocator()
+    return _done

@@ -26,7 +26,7 @@ from prvr.io import write_text_atomic
 from prvr.models import build_loss, build_model
 from prvr.models.base import BatchShare, TrainStep, sharing
 from prvr.models.checkpoint import restore_training, save_checkpoint
-from prvr.runtime import release_freed_memory
+from prvr.runtime import allocator_for_training
 from prvr.train.distributed import GlobalBatches, broadcast_decision, gather_outputs, wrap
 from prvr.train.optim import make_optimizer
 from prvr.train.rundir import (
@@ -140,8 +140,7 @@ def _run(cfg: RunConfig, out_dir: Path, device, resume: bool, progress: bool, lo
     seed_everything(tc.seed + dist.rank())  # dropout differs per rank; rank 0's initial weights are broadcast
     model = build_model(mc, device)
     model.set_recompute(tc.recompute_videos)
-    if not model.training_keeps_freed_memory:
-        release_freed_memory()
+    allocator_for_training(model.training_keeps_freed_memory)
     ddp = wrap(model, torch.device(device)) if dist.sharded() else None
     dataset = TrainVideos(layout, "train", mc.map_size, mc.max_ctx_l, mc.max_desc_l, index=indexes["train"],
                           visual_dim=mc.visual_dim, text_dim=mc.text_dim)
