@@ -20,7 +20,7 @@ from prvr.config import parse_set  # noqa: E402
 from prvr.data.datasets import Batch, pad_sequences  # noqa: E402
 from prvr.data.preprocess import clip_grid, frame_sequence, query_tokens  # noqa: E402
 from prvr.device import bf16_autocast, resolve_device  # noqa: E402
-from prvr.eval.evaluator import rank_queries  # noqa: E402
+from prvr.eval.evaluator import rank_queries, video_batch  # noqa: E402
 from prvr.eval.metrics import recalls  # noqa: E402
 from prvr.models import build_model  # noqa: E402
 from prvr.models.base import QueryRepr, VideoRepr  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> None:
     model = build_model(cfg.model, device).eval()
     videos, queries, labels = make_inputs(cfg.model, args.videos, args.queries)
     vb, qb = cfg.train.eval_context_bsz, cfg.train.eval_query_bsz
-    vb = min(vb, model.inference_videos or vb)  # as prvr.eval.evaluator.encode_videos reads them
+    vb = video_batch(model, vb)  # as prvr.eval.evaluator.encode_videos reads them
 
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad(), bf16_autocast(device, args.amp):

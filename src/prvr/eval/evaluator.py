@@ -37,12 +37,17 @@ def _loader(dataset, batch_size: int, collate, num_workers: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
 
 
+def video_batch(model: PRVRModel, batch_size: int) -> int:
+    """Videos read (and padded) at a time for `model`: at most its `inference_videos`, when set."""
+    return min(batch_size, model.inference_videos or batch_size)
+
+
 @torch.no_grad()
 def encode_videos(model: PRVRModel, dataset: EvalVideos, batch_size: int = 100, device="cpu", num_workers: int = 0,
                   progress: bool = False) -> VideoRepr:
     """All videos of a split, in split order, on `device`. Read in batches of at most the model's
     `inference_videos` (when set): the padded inputs then exist for so many videos, not `batch_size`."""
-    loader = _loader(dataset, min(batch_size, model.inference_videos or batch_size), collate_videos, num_workers)
+    loader = _loader(dataset, video_batch(model, batch_size), collate_videos, num_workers)
     return VideoRepr.collect((model.encode_videos(b.to(device))
                               for b in tqdm(loader, desc="videos", unit="batch", disable=not progress)), len(dataset))
 
