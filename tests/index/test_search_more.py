@@ -159,6 +159,16 @@ def rng_queries():
     return [unit(rng.standard_normal(D)) for _ in range(6)]
 
 
+class WordsEncoder:
+    """A text encoder stand-in: one token row per word (row i of the identity)."""
+
+    def encode(self, texts):
+        return [np.eye(D)[:len(t.split())] for t in texts]
+
+
+TEXT_SPEC = {"kind": "hf", "id": "org/tiny-text"}
+
+
 # ------------------------------------------------------------------------------------------------ construction
 def test_retriever_reads_the_index(hand):
     index, ref, shards = hand
@@ -410,6 +420,10 @@ def test_k_is_checked(hand, rng_queries):
         with pytest.raises(PrvrError, match=msg):
             r.search_tokens_many([], k)
     assert MAX_K == 1000 and len(r.search_repr(q, 1)) == 1 and len(r.search_tokens_many([tokens], MAX_K)[0]) == 54
+    assert [len(h) for h in r.search_tokens_many([tokens, tokens[:1]], 1)] == [1, 1]
+    # k=10 by default
+    assert len(r.search_repr(q)) == 10 and len(r.search_tokens(tokens)) == 10
+    assert [len(h) for h in r.search_tokens_many([tokens, tokens[:1]])] == [10, 10]
 
 
 def test_search_within_videos(hand, rng_queries):
@@ -752,7 +766,7 @@ def test_moments_listed_for_the_first_fifty_hits(hand, rng_queries):
 @pytest.fixture(scope="module")
 def with_ann(tmp_path_factory):
     shards = random_shards(seed=7, sizes=(20, 1, 19))
-    index = make_index(tmp_path_factory.mktemp("ann"), shards)
+    index = make_index(tmp_path_factory.mktemp("ann"), shards, text_encoder=TEXT_SPEC)
     build_ann(index, nlist=4)
     return index, Ref(shards)
 
@@ -816,6 +830,47 @@ def test_ann_path_with_too_few_candidates_scans_everything(with_ann, rng_queries
     exact = r.search_tokens_many([np.ones((1, D))], 3, exact=True)[0]
     t = ref.scores(single_rows(np.ones((1, D))))[0]
     assert [h.video_id for h in exact] == [ref.ids[i] for i in np.argsort(-t, kind="stable")[:3]]
+
+
+def test_exact_is_passed_down_to_the_scan(with_ann, monkeypatch):
+    """`exact=True` skips the ANN stage from every entry point; left out, each query takes its own candidates."""
+    index, ref = with_ann
+    import prvr.encode.encoders as encoders
+
+    monkeypatch.setattr(encoders, "load_text_encoder", lambda spec, device: WordsEncoder())
+    r = Retriever(index)
+    calls = []
+    real = r.ann.candidates
+    monkeypatch.setattr(r.ann, "candidates", lambda q, sizes: calls.append(1) or real(q, sizes))
+    t = np.eye(D)[:2]
+    order = np.argsort(-ref.scores(single_rows(t))[0], kind="stable")
+    for run in (lambda: r.search_tokens(t, 3, exact=True), lambda: r.search("a b", 3, exact=True),
+                lambda: r.search_tokens_many([t, t], 3, exact=True)[1], lambda: r.search_many(["a b"], 3, exact=True)[0],
+                lambda: r.search_tokens(t, 3, True), lambda: r.search("a b", 3, True)):
+        assert [h.video_id for h in run()] == [ref.ids[i] for i in order[:3]] and calls == []
+    for run, n in ((lambda: r.search_tokens(t, 3), 1), (lambda: r.search("a b", 3), 1),
+                   (lambda: r.search_tokens_many([t, t], 3), 2), (lambda: r.search_many(["a b", "a"], 3), 2)):
+        run()
+        assert len(calls) == n
+        calls.clear()
+
+
+def test_several_queries_on_an_exact_scan_are_one_matrix(hand, monkeypatch):
+    """Without a path filter, an exact scan of several queries reads the shards once for all (scores_many), not
+    once per query; with one, each query is searched in its videos."""
+    index, _, _ = hand
+    r = Retriever(index)
+    calls = []
+    for name in ("scores_many", "search_repr"):
+        real = getattr(r, name)
+        monkeypatch.setattr(r, name, lambda *a, _n=name, _f=real, **kw: calls.append(_n) or _f(*a, **kw))
+    tokens = [np.eye(D)[:2], np.ones((1, D))]
+    r.search_tokens_many(tokens, 3)
+    r.search_tokens_many(tokens, 3, exact=True)
+    assert calls == ["scores_many", "scores_many"]
+    calls.clear()
+    r.search_tokens_many(tokens, 3, path="cam")
+    assert calls == ["search_repr", "search_repr"]
 
 
 def test_stale_or_generic_index_ignores_the_ann(with_ann, tmp_path):
@@ -899,6 +954,20 @@ def test_generic_path_is_the_models_own_score(tmp_path, rng_queries, monkeypatch
         [h.video_id for h in r.search_tokens(t, 3)] for t in (np.ones((1, D)), np.eye(D)[:2])]
 
 
+def test_generic_path_weighs_a_set_without_a_weight_zero(tmp_path, rng_queries):
+    shards = random_shards(seed=9, sizes=(3, 2))
+    r = Retriever(make_index(tmp_path, shards, weights={"clip": 0.7}, normalized=False))
+    r.model = MeanSim(r.model)
+    ref = Ref(shards)
+    q = rng_queries[0]
+    sc = r.scores(qrepr([(q, "clip", 1.0), (q, "frame", 1.0)]))
+    clip = np.array([(unit(t["clip"]) @ q).mean() for t in ref.tokens])
+    np.testing.assert_allclose(sc.sets["clip"].numpy(), 0.7 * clip, atol=1e-5)
+    assert sc.sets["frame"].tolist() == [0.0] * 5  # the total is still the model's own
+    frame = np.array([unit(t["frame"]).mean(0) @ q for t in ref.tokens])
+    np.testing.assert_allclose(sc.total.numpy(), 2 * clip + 3 * frame, atol=1e-5)
+
+
 def test_video_repr_pads_the_stored_tokens(hand):
     """The stored float16 tokens of some videos, padded back to (B, capacity, D), a mask for a ragged set."""
     index, ref, _ = hand
@@ -947,16 +1016,12 @@ def test_text_encoder_recorded_or_not(hand, tmp_path, monkeypatch):
                  lambda: r.search_many(["ball"])):
         with pytest.raises(PrvrError, match=msg):
             call()
-    spec = {"kind": "hf", "id": "org/tiny-text"}
+    spec = TEXT_SPEC
     loads = []
-
-    class Encoder:
-        def encode(self, texts):
-            return [np.eye(D)[:len(t.split())] for t in texts]
 
     def load(s, device):
         loads.append((s, device))
-        return Encoder()
+        return WordsEncoder()
 
     import prvr.encode.encoders as encoders
 
@@ -973,6 +1038,10 @@ def test_text_encoder_recorded_or_not(hand, tmp_path, monkeypatch):
         h.video_id for h in r.search_tokens(np.eye(D)[:2], 5, path="cam1")]
     for hits, n in zip(r.search_many(["a", "a b c"], 3), (1, 3), strict=True):
         same_hits(hits, r.search_tokens(np.eye(D)[:n], 3))
+    for hits, n in zip(r.search_many(["a", "a b c"], 3, path="cam0"), (1, 3), strict=True):
+        assert [h.video_id for h in hits] == [h.video_id for h in r.search_tokens(np.eye(D)[:n], 3, path="cam0")]
+        assert {h.video_id for h in hits} <= {"v09", "v24", "v39"} and len(hits) == 3
+    assert len(r.search("a b")) == 10 and [len(h) for h in r.search_many(["a", "b c"])] == [10, 10]  # k=10 default
     assert r.text_encoder_loads == 1 and len(loads) == 1
 
 
