@@ -319,6 +319,24 @@ def test_padding_scores_zero_in_a_subset_of_equal_lengths(hand, rng_queries):
         assert_scores(r.scores(qrepr(rows), np.array([v])), want, np.array([v]))
 
 
+def test_scoring_warns_nothing(hand, rng_queries, monkeypatch):
+    """Scoring writes into its buffers as they are (a tensor resized behind an `out=` would warn)."""
+    import warnings
+
+    index, ref, _ = hand
+    r = Retriever(index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for chunk in (8192, 5):
+            monkeypatch.setattr(search_mod, "SCORE_CHUNK", chunk)
+            for rows in ([(rng_queries[0], "clip", 1.0), (rng_queries[0], "frame", 1.0)],
+                         [(rng_queries[0], "clip", 1.0), (rng_queries[1], "clip", 1.0), (rng_queries[2], "frame", 1.0),
+                          (rng_queries[3], "frame", 1.0)]):
+                assert_scores(r.scores(qrepr(rows)), ref.scores(rows))
+                r.scores(qrepr(rows), np.array([3, 23, 40]))
+                r.scores_many(qrepr(rows))
+
+
 def test_scores_in_chunks(hand, rng_queries, monkeypatch):
     """Token rows are converted a few at a time: the chunk size changes nothing (several rows and one)."""
     index, ref, _ = hand
@@ -346,6 +364,10 @@ def test_a_set_without_rows_or_weight_scores_zero(tmp_path, rng_queries):
         assert_scores(sc, want)
         assert sc.sets["frame"].tolist() == [0.0] * 7 and sc.tokens["frame"].tolist() == [0] * 7
         assert sc.tokens["frame"].dtype == torch.long
+        subset = np.array([1, 4, 6])
+        part = r.scores(qrepr(rows), subset)
+        assert_scores(part, want, subset)
+        assert part.sets["frame"].tolist() == [0.0] * 3 and part.tokens["frame"].tolist() == [0] * 3
     rows = [(q, "clip", 1.0), (q, "frame", 1.0)]
     many = r.scores_many(qrepr(rows))
     np.testing.assert_allclose(many.total[:, 0].numpy(), ref.scores(rows)[0], atol=2e-6)
