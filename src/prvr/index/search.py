@@ -244,8 +244,10 @@ class Retriever:
             first = np.concatenate([[0], np.cumsum(counts)[:-1]])
             rows = torch.from_numpy(np.repeat(starts - first, counts) + np.arange(counts.sum()))
         sims = self._token_sims(_tensor(st.tokens), rows, Q)  # (T, M)
-        if n and counts.min() == counts.max():  # fixed tokens per video: a reshape
+        if n and counts.min() == counts.max():  # the same number of tokens in every video: a reshape
             best, arg = sims.view(n, int(counts[0]), M).max(dim=1)  # (n, M) each
+            if layout.pads_score_zero and counts[0] < layout.capacity:  # padding (cosine 0) enters the max
+                best = best.clamp_min(0.0)
         else:
             cnt = torch.from_numpy(counts).to(self.device)
             owner = torch.repeat_interleave(torch.arange(n, device=self.device), cnt)[:, None].expand(-1, M)
@@ -373,7 +375,7 @@ class Retriever:
             rows = q.rows_for(name)
             scale = self.weights.get(name, 0.0) * q.weights[:, rows]  # (N, M_s)
             Q = (q.vectors[:, rows] * scale[..., None]).float()  # (N, M_s, D); zero-weight rows score 0
-            per_set[name] = (Q.reshape(N * len(rows), -1), scale > 0)
+            per_set[name] = (Q.reshape(N * len(rows), Q.shape[-1]), scale > 0)  # no rows for the set: (0, D)
         totals, sets, tokens = [], {n: [] for n in self.layouts}, {n: [] for n in self.layouts}
         for s in self.shards:
             total = torch.zeros(len(s.ids), N, device=self.device)
