@@ -191,6 +191,32 @@ def test_an_id_in_two_shards_is_refused(tmp_path):
         Retriever(index)
 
 
+def test_shards_are_checked_against_the_layouts(tmp_path):
+    """A video with more tokens than its set's capacity is refused where the shard is read."""
+    rng = np.random.default_rng(3)
+    videos = [("a", {"clip": unit(rng.standard_normal((4, D))), "frame": unit(rng.standard_normal((7, D)))}, {})]
+    index = make_index(tmp_path, [videos])
+    with pytest.raises(IndexError_, match=f"^{index / 'shard-00000'}: corrupt shard \\(token set 'frame': videos with "
+                                          "7..7 tokens, expected 1..6\\)$"):
+        Retriever(index)
+
+
+def test_an_index_without_the_normalized_flag_scores_by_max_similarity(tmp_path):
+    """An index written before the flag existed holds normalised tokens scored by max-similarity."""
+    import json
+
+    shards = random_shards(sizes=(3,))
+    index = make_index(tmp_path, shards)
+    manifest = json.loads((index / "manifest.json").read_text())
+    del manifest["normalized"]
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    r = Retriever(index)
+    assert not r.exact_only
+    q = unit(np.ones(D))
+    assert_scores(r.scores(qrepr([(q, "clip", 1.0), (q, "frame", 1.0)])),
+                  Ref(shards).scores([(q, "clip", 1.0), (q, "frame", 1.0)]))
+
+
 def test_moment_and_frame_sets_follow_the_layouts(tmp_path):
     """The moment comes from the first fixed set (else the first ragged one), the best frame from the first ragged
     set (none without one)."""
