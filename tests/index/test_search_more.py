@@ -902,12 +902,15 @@ def test_exact_is_passed_down_to_the_scan(with_ann, monkeypatch):
     real = r.ann.candidates
     monkeypatch.setattr(r.ann, "candidates", lambda q, sizes: calls.append(1) or real(q, sizes))
     t = np.eye(D)[:2]
+    monkeypatch.setattr(r, "query_features", lambda root, qid: t if (root, qid) == ("data", "q1") else None)
     order = np.argsort(-ref.scores(single_rows(t))[0], kind="stable")
     for run in (lambda: r.search_tokens(t, 3, exact=True), lambda: r.search("a b", 3, exact=True),
+                lambda: r.search_query_id("data", "q1", 3, exact=True), lambda: r.search_query_id("data", "q1", 3, True),
                 lambda: r.search_tokens_many([t, t], 3, exact=True)[1], lambda: r.search_many(["a b"], 3, exact=True)[0],
                 lambda: r.search_tokens(t, 3, True), lambda: r.search("a b", 3, True)):
         assert [h.video_id for h in run()] == [ref.ids[i] for i in order[:3]] and calls == []
     for run, n in ((lambda: r.search_tokens(t, 3), 1), (lambda: r.search("a b", 3), 1),
+                   (lambda: r.search_query_id("data", "q1", 3), 1),
                    (lambda: r.search_tokens_many([t, t], 3), 2), (lambda: r.search_many(["a b", "a"], 3), 2)):
         run()
         assert len(calls) == n
