@@ -428,12 +428,18 @@ def test_scores_many_of_a_query_without_rows_for_a_set(tmp_path, rng_queries):
 
 
 def test_non_finite_scores_are_refused(hand, rng_queries):
-    index, _, _ = hand
+    index, ref, _ = hand
     r = Retriever(index)
     rows = [(rng_queries[0], "clip", 1.0), (rng_queries[0], "frame", 1.0)]
     bad = qrepr(rows)
-    bad.vectors[0, 0, 3] = float("nan")
+    bad.vectors[0, :, 3] = float("nan")
     msg = f"^{index.name}: non-finite scores \\(the index or the model is corrupt\\)$"
+    counts = np.array([len(t["frame"]) for t in ref.tokens])
+    for videos in (None, np.array([0, 1, 2, 30])):  # scores as such: NaN, and still a real token of each video
+        sc = r.scores(bad, videos)
+        assert torch.isnan(sc.total).all() and torch.isnan(sc.sets["frame"]).all()
+        tokens = sc.tokens["frame"].numpy()
+        assert ((tokens >= 0) & (tokens < (counts if videos is None else counts[videos]))).all()
     with pytest.raises(PrvrError, match=msg):
         r.search_repr(bad, 3, exact=True)
     with pytest.raises(PrvrError, match=msg):
