@@ -54,7 +54,7 @@ def case(seed=0, pads_zero=True, dim=5):
     return q, v, layouts
 
 
-@pytest.mark.parametrize("block", [1 << 24, 1, 40])  # one pass; one video a block; 2, 1 videos (2 x 3 x 6 each)
+@pytest.mark.parametrize("block", [1 << 24, 1, 40, 72])  # 2 x 3 x 6 cosines a video: one pass; 1 a block; 2, 1
 @pytest.mark.parametrize("pads_zero", [True, False])
 def test_max_similarity_scores_by_hand(pads_zero, block, monkeypatch):
     monkeypatch.setattr(base, "SCORE_BLOCK", block)
@@ -155,13 +155,16 @@ def test_collect_equals_cat_and_refuses_other_shapes():
     for name, s in want.sets.items():
         assert torch.equal(got.sets[name].tokens, s.tokens)
         assert (s.mask is None and got.sets[name].mask is None) or torch.equal(got.sets[name].mask, s.mask)
-    with pytest.raises(ValueError, match="expected 5 videos, got more"):
+    with pytest.raises(ValueError, match=r"^expected 5 videos, got more$"):
         VideoRepr.collect(iter(parts), 5)
     odd = VideoRepr({"clip": TokenSet(torch.randn(1, 1, 2)), "frame": TokenSet(torch.randn(1, 4, 2), torch.ones(1, 4))})
-    with pytest.raises(ValueError, match="cannot be concatenated"):
+    with pytest.raises(ValueError, match=r"^token set 'clip': part of shape \(1, 1, 2\) after \(3, 2\); cannot be "
+                                         r"concatenated$"):
         VideoRepr.collect(iter([parts[0], odd]), 3)
-    with pytest.raises(ValueError, match="expected 7 videos, got 6"):
+    with pytest.raises(ValueError, match=r"^expected 7 videos, got 6$"):
         VideoRepr.collect(iter(parts), 7)
+    with pytest.raises(ValueError, match=r"^expected 0 videos, got 0$"):  # no parts: nothing to take shapes from
+        VideoRepr.collect(iter([]), 0)
 
 
 # --- what `make mutate` found untested in prvr.models.base
@@ -262,3 +265,34 @@ def test_per_item_normal_draws():
             assert d.dtype == torch.float64 and d.shape == (2, 3)
             m = per_item_normal("videos", 2, 3, device="meta")  # the device is passed on (meta: no CUDA needed)
             assert m.device.type == "meta" and m.shape == (2, 3)
+
+
+def test_max_similarity_scores_blocks_hold_at_most_score_block_cosines(monkeypatch):
+    """Videos are scored in blocks of as many as fit SCORE_BLOCK cosines (N queries x M rows x the longest set's
+    L tokens a video; at least one video a block): the bound on the memory of evaluation and search."""
+    sizes = []
+    block = base._max_similarity_block
+
+    def spy(q, v, layouts):
+        sizes.append(len(v))
+        return block(q, v, layouts)
+
+    monkeypatch.setattr(base, "_max_similarity_block", spy)
+    layouts = {"clip": TokenLayout(4), "frame": TokenLayout(128, ragged=True)}
+    q = QueryRepr(torch.randn(1024, 1, 3), torch.ones(1024, 1), ("frame",))
+    v = VideoRepr({"clip": TokenSet(torch.randn(300, 4, 3)), "frame": TokenSet(torch.randn(300, 128, 3))})
+    assert base.SCORE_BLOCK == 1 << 24  # 64 MB of float32 cosines
+    assert max_similarity_scores(q, v, layouts)["frame"].shape == (1024, 300)
+    assert sizes == [128, 128, 44]  # 2^24 // (1024 x 1 x 128)
+    for score_block, want in ((72, [2, 1]), (40, [1, 1, 1]), (36 * 3, [3])):  # 2 x 3 x 6 = 36 cosines a video
+        sizes.clear()
+        monkeypatch.setattr(base, "SCORE_BLOCK", score_block)
+        q, v, layouts = case(0, dim=8)
+        torch.testing.assert_close(max_similarity_scores(q, v, layouts)["frame"].double(),
+                                   by_hand(q, v, layouts)["frame"], atol=1e-6, rtol=0)
+        assert sizes == want, score_block
+    sizes.clear()
+    monkeypatch.setattr(base, "SCORE_BLOCK", 2)  # one query, one row, one token: 2 videos a block
+    one = VideoRepr({"clip": TokenSet(torch.randn(3, 1, 2))})
+    max_similarity_scores(QueryRepr(torch.randn(1, 1, 2), torch.ones(1, 1), ("clip",)), one, {"clip": TokenLayout(1)})
+    assert sizes == [2, 1]

@@ -56,7 +56,7 @@ def test_diffusion_noise_error_is_a_mean():
     _, terms = make_loss(cfg)(out, b.labels, TrainStep())
     want = ((out.eps_pred - out.eps_true[None]) ** 2).mean()
     assert out.eps_pred.shape == (cfg.timesteps, 3, cfg.num_registers, cfg.hidden_size)
-    assert float(terms["diffusion"]) == pytest.approx(float(want), rel=1e-6)
+    assert float(terms["diffusion"].detach()) == pytest.approx(float(want.detach()), rel=1e-6)
 
 
 def test_kl_by_hand():
