@@ -225,3 +225,36 @@ def test_append_shard_writes_then_lists_it(small, tmp_path):
     m = store.append_shard(out, m, ["c"], {"clip": [np.ones((32, 32))], "frame": [np.ones((1, 32))]}, [{}])
     assert m["shards"] == ["shard-00000", "shard-00001"] and m["n_videos"] == 3
     assert Retriever(out).ids == ["a", "b", "c"]
+
+
+def test_search_query_id_reads_the_captions_features(small):
+    """A caption id of the data set in the release layout: its precomputed features, searched as tokens; features
+    made with another text encoder than the index's are refused, naming the data set's text folder."""
+    root, layout, _, index = small
+    r = Retriever(index)
+    qid = queries(r, root, 3)[0][2]
+    features = r.query_features(root, qid)
+    assert np.array_equal(features, np.asarray(layout_features(layout, qid)))
+    hits = r.search_query_id(root, qid)
+    assert [h.to_dict() for h in hits] == [h.to_dict() for h in r.search_tokens(features, 10)] and len(hits) == 10
+    assert [h.video_id for h in r.search_query_id(root, qid, 3, exact=True)] == [h.video_id for h in hits[:3]]
+    r.manifest["text_encoder"] = {"kind": "hf", "id": "org/index-enc"}
+    record = layout.text_encoder_file
+    record.write_text(json.dumps({"kind": "hf", "id": "org/data-enc"}))
+    try:
+        from prvr.errors import PrvrError
+
+        with pytest.raises(PrvrError, match="^index: the text encoder of TextData hf:org/data-enc differs from the "
+                                            "index's hf:org/index-enc; queries must be encoded with the encoder the "
+                                            "index was built with$"):
+            r.search_query_id(root, qid)
+        record.write_text(json.dumps({"kind": "hf", "id": "org/index-enc"}))
+        assert [h.video_id for h in r.search_query_id(root, qid)] == [h.video_id for h in hits]
+    finally:
+        record.unlink()
+
+
+def layout_features(layout, qid):
+    from prvr.data.features import open_query_features
+
+    return open_query_features(layout).get(qid)
