@@ -246,8 +246,6 @@ class Retriever:
         sims = self._token_sims(_tensor(st.tokens), rows, Q)  # (T, M)
         if n and counts.min() == counts.max():  # the same number of tokens in every video: a reshape
             best, arg = sims.view(n, int(counts[0]), M).max(dim=1)  # (n, M) each
-            if layout.pads_score_zero and counts[0] < layout.capacity:  # padding (cosine 0) enters the max
-                best = best.clamp_min(0.0)
         else:
             cnt = torch.from_numpy(counts).to(self.device)
             owner = torch.repeat_interleave(torch.arange(n, device=self.device), cnt)[:, None].expand(-1, M)
@@ -257,9 +255,10 @@ class Retriever:
             row_in_video = (torch.arange(len(sims), device=self.device) - first.repeat_interleave(cnt))[:, None]
             candidate = torch.where(sims == best.gather(0, owner), row_in_video, len(sims))
             arg = torch.full((n, M), len(sims), device=self.device).scatter_reduce(0, owner, candidate, "amin")
-            if layout.pads_score_zero:  # the originals' max also runs over zeroed padding (cosine 0)
-                best = torch.where((cnt < layout.capacity)[:, None], best.clamp_min(0.0), best)
             arg = torch.where(arg >= len(sims), 0, arg)
+        if layout.pads_score_zero:  # the originals' max also runs over a short video's zeroed padding (cosine 0)
+            short = torch.from_numpy(counts < layout.capacity).to(self.device)[:, None]  # (n, 1)
+            best = torch.where(short, best.clamp_min(0.0), best)
         return best, arg
 
     def _score_shard(self, rows: dict[str, torch.Tensor], s: Shard, local: np.ndarray | None) -> Scores:
