@@ -85,7 +85,7 @@ def worker(args) -> None:
             "gather_forward_s": round(statistics.median(gather_s[1:]), 4) if len(gather_s) > 1 else 0.0,
             "gathered_mb": round(gathered_mb[0], 1), "local_videos": len(local.clip),
             "backend": d.backend if d else None}))
-    dist.shutdown()
+    dist.shutdown(sync=True)
 
 
 def main() -> None:

@@ -84,7 +84,7 @@ def main(out: str, model_name: str) -> None:
         worst = {k: max(e[k] for e in gathered) for k in err}
         with open(out, "w") as f:
             json.dump({"world": d.world, "term_names": sorted(terms_seen), **worst}, f)
-    dist.shutdown()
+    dist.shutdown(sync=True)
 
 
 if __name__ == "__main__":
