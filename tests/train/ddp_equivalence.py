@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 
 import torch
@@ -85,6 +86,12 @@ def main(out: str, model_name: str) -> None:
         with open(out, "w") as f:
             json.dump({"world": d.world, "term_names": sorted(terms_seen), **worst}, f)
     dist.shutdown(sync=True)
+    # Leave without the interpreter's teardown, where the DDP wrappers' reducers outlive their process group: in
+    # two CI runs one rank aborted at the maxsim case ("terminate called without an active exception"). The
+    # result above is complete; an abort before it still fails the test.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
