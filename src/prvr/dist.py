@@ -98,7 +98,7 @@ def barrier() -> None:
 def shutdown(sync: bool = False) -> None:
     """Leave the process group (at exit, or where a job ends). `sync`, for a normal end that every rank reaches:
     wait for the others first, so that no rank tears its connections down while another still finishes a
-    collective on them (gloo can abort the process then: "terminate called without an active exception")."""
+    collective on them. (Added after a rank aborted at exit in CI; that abort was not shown to come from this.)"""
     global _current
     if _current is not None and tdist.is_initialized():
         if sync:
