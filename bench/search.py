@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_mb, result_name, write_result  # noqa: E402
 
 from prvr.data.layout import DatasetLayout, read_captions  # noqa: E402
-from prvr.index.ann import build_ann  # noqa: E402
+from prvr.index.ann import CODES, build_ann  # noqa: E402
 from prvr.index.search import Retriever  # noqa: E402
 from prvr.index.store import append_shard, create_index, layouts_of, read_manifest  # noqa: E402
 from prvr.models.base import QueryRepr  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="the dataset root of that index (test captions)")
     ap.add_argument("--videos", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=384, help="token size (the charades preset's hidden size)")
-    ap.add_argument("--codes", default="sq8", choices=["sq8", "pq4"])
+    ap.add_argument("--codes", default="sq8", choices=list(CODES))
     ap.add_argument("--queries", type=int, default=200, help="latency queries")
     ap.add_argument("--recall-queries", type=int, default=100, help="queries also searched exactly")
     ap.add_argument("--noise", type=float, default=0.25, help="per-token noise norm before renormalising")
@@ -160,7 +160,8 @@ def main() -> None:
         return run
 
     r.ann.candidates = timed("stage1", r.ann.candidates)  # FAISS and the exact re-scoring of pq4 tokens
-    r.scores = timed("stage2", r.scores)  # exact max-similarity of the candidates
+    r.scores = timed("stage2", r.scores)  # exact max-similarity of the candidates (torch) ...
+    r._lists_scores = timed("stage2", r._lists_scores)  # ... or from the per-video lists (FAISS)
     r._with_moments = timed("moments", r._with_moments)  # the moments of the top 50 hits
     total, text_ms, embed_ms, search_ms = [], [], [], []
     for i in range(args.queries):
@@ -174,7 +175,7 @@ def main() -> None:
         total.append((time.perf_counter() - t) * 1000)
         text_ms.append(t_text * 1000)
         embed_ms.append(t_embed * 1000)
-    del r.ann.candidates, r.scores, r._with_moments  # the instance's timers go: the methods are the class's again
+    del r.ann.candidates, r.scores, r._lists_scores, r._with_moments  # the instance's timers go: the methods are the class's again
     rec10, rec100, t_exact = [], [], []
     for i in range(args.recall_queries):
         q = query(i)[0]

@@ -42,9 +42,10 @@ def main() -> None:
     qids = [ln.split(" ", 1)[0] for ln in layout.caption_file(args.split).read_text().splitlines() if ln][:args.queries]
     n, nlist = len(r), r.ann.ann.nlist
     default = r.ann.sizes()
-    big = ann_sizes(args.at_videos, nlist)  # what the rule gives there; lists probed stay the same fraction
+    big = ann_sizes(args.at_videos, nlist, codes=r.ann.codes)  # what the rule gives there; lists probed: the same share
     ratio = n / args.at_videos
-    scaled = ann_sizes(n, nlist, tokens=max(10, round(big.tokens * ratio)), videos=max(10, round(big.videos * ratio)))
+    scaled = ann_sizes(n, nlist, tokens=max(10, round(big.tokens * ratio)), videos=max(10, round(big.videos * ratio)),
+                       codes=r.ann.codes)
     settings = {"default": default, f"ratio_at_{args.at_videos}": scaled}
     recall = {k: [] for k in settings}
     ms = {k: [] for k in settings}

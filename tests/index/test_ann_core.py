@@ -90,10 +90,13 @@ def test_ann_sizes_by_hand():
     assert ann_sizes(10, 64, tokens=5, videos=3, nprobe=2) == AnnSizes(5, 3, 2)
     assert ann_sizes(10, 64, nprobe=100).nprobe == 100  # given: kept as given
     assert ann_sizes(10, 3, videos=7) == AnnSizes(4096, 7, 1)
+    assert ann_sizes(100_000, 100, codes="sq4") == AnnSizes(24_000, 4_000, 25)  # sq4: 0.24 tokens per video
+    assert ann_sizes(100_000, 100, codes="pq4") == ann_sizes(100_000, 100, codes="sq8") == AnnSizes(16_000, 4_000, 25)
+    assert ann_sizes(10, 64, codes="sq4") == AnnSizes(4096, 1000, 16)
 
 
 # ------------------------------------------------------------------------------------------------ build
-@pytest.mark.parametrize("codes", ["sq8", "pq4"])
+@pytest.mark.parametrize("codes", ["sq8", "pq4", "sq4"])
 def test_build_writes_ids_owners_and_parts(two_shards, codes, tmp_path):
     index, table = two_shards
     meta = build_ann(index, nlist=8, codes=codes)
@@ -102,25 +105,25 @@ def test_build_writes_ids_owners_and_parts(two_shards, codes, tmp_path):
     assert meta == {"n_videos": 50, "n_tokens": n_tokens, "nlist": 8, "codes": codes, "token_sets": ["clip", "frame"],
                     "shards": read_manifest(index)["shards"], "part_starts": [0, counts[0], sum(counts),
                                                                               sum(counts) + 20 * 4],
-                    "part_sets": [0, 1, 0, 1]}
+                    "part_sets": [0, 1, 0, 1], "lists": "ann.lists.faiss"}
     assert json.loads((index / "ann.json").read_text()) == meta
     assert np.array_equal(np.load(index / "ann.owners.npy"), table.owner)
     ann = faiss.read_index(str(index / "ann.faiss"))
     assert ann.ntotal == n_tokens and ann.nlist == 8
     ann.nprobe = 8
     _, ids = ann.search(table.tokens.astype(np.float32), 8)  # every token is stored under its own id
-    if codes == "sq8":
-        assert np.mean(ids[:, 0] == np.arange(n_tokens)) > 0.97
+    if codes in ("sq8", "sq4"):  # codes of every dimension rank finely: a token is the nearest to itself
+        assert np.mean(ids[:, 0] == np.arange(n_tokens)) > (0.97 if codes == "sq8" else 0.93)  # sq4: 0.968 at 8-d
     else:  # product codes rank roughly: re-scored exactly, a token is the best of the 8 fetched for itself
         exact = tann(index)._exact(table.tokens.astype(np.float32), ids)
         assert np.mean(np.take_along_axis(ids, np.argmax(exact, 1)[:, None], 1)[:, 0] == np.arange(n_tokens)) > 0.99
 
 
-@pytest.mark.parametrize("codes", ["sq8", "pq4"])
+@pytest.mark.parametrize("codes", ["sq8", "pq4", "sq4"])
 def test_build_is_faiss_over_every_token_in_id_order(two_shards, codes):
     """With the whole collection as its sample, the ANN stage is, byte for byte, faiss's inverted lists trained on
     every token in id order (10 k-means iterations, inner product) holding 8-bit scalar codes of every dimension
-    (sq8) or 4-bit product codes of 4-d pieces (pq4), each token under its id."""
+    (sq8), 4-bit product codes of 4-d pieces (pq4) or of single dimensions (sq4), each token under its id."""
     index, table = two_shards
     build_ann(index, nlist=8, codes=codes)
     x = table.tokens.astype(np.float32)
@@ -128,7 +131,7 @@ def test_build_is_faiss_over_every_token_in_id_order(two_shards, codes):
     if codes == "sq8":
         ref = faiss.IndexIVFScalarQuantizer(quantizer, D, 8, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
     else:
-        ref = faiss.IndexIVFPQFastScan(quantizer, D, 8, D // 4, 4, faiss.METRIC_INNER_PRODUCT)
+        ref = faiss.IndexIVFPQFastScan(quantizer, D, 8, D // 4 if codes == "pq4" else D, 4, faiss.METRIC_INNER_PRODUCT)
     ref.cp.niter = 10
     ref.train(x)
     ref.add_with_ids(x, np.arange(len(x), dtype=np.int64))
@@ -179,7 +182,7 @@ def test_default_nlist_of_a_small_index(tmp_path):
 def test_build_refusals(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
     index = make_index(tmp_path / "a", [random_videos(rng, 4)])
-    with pytest.raises(IndexError_, match=r"^codes 'pq8': expected one of sq8, pq4$"):
+    with pytest.raises(IndexError_, match=r"^codes 'pq8': expected one of sq8, pq4, sq4$"):
         build_ann(index, codes="pq8")
     exact = make_index(tmp_path / "b", [random_videos(rng, 4)], normalized=False)
     with pytest.raises(IndexError_) as e:
@@ -193,7 +196,8 @@ def test_build_refusals(tmp_path, monkeypatch):
     with pytest.raises(IndexError_) as e:
         build_ann(odd, codes="pq4")
     assert str(e.value) == f"{odd}: pq4 codes need a token size divisible by 4, got 6"
-    build_ann(odd, codes="sq8")  # any width for sq8
+    build_ann(odd, codes="sq8")  # any width for sq8 and sq4
+    build_ann(odd, codes="sq4", nlist=2)
 
     (index / "ann.faiss").mkdir()
     with pytest.raises(OutputError) as e:
@@ -228,12 +232,18 @@ def test_token_ann_reads_what_was_built(two_shards):
     assert t.part_starts.tolist() == t.meta["part_starts"] and t.part_sets.tolist() == [0, 1, 0, 1]
     assert t.codes == "pq4" and t.n_videos == 50 and t.shards == []
     assert t.sizes() == ann_sizes(50, 8) and t.sizes(5, 6, 7) == AnnSizes(5, 6, 7)
+    assert t.lists is None  # no shards given: the lists are not read
     manifest = read_manifest(index)
     assert t.covers(manifest)
     assert not t.covers({**manifest, "shards": manifest["shards"][:1]})  # `index add` or remove since
     assert not t.covers({**manifest, "token_sets": {"frame": {}, "clip": {}}})
     assert not t.covers({**manifest, "n_videos": 49})
-    old = {k: v for k, v in t.meta.items() if k not in ("part_starts", "part_sets", "codes")}
+    (index / "ann.json").write_text(json.dumps({**t.meta, "codes": "pq3"}))
+    with pytest.raises(IndexError_) as e:
+        TokenANN(index, {}, [])
+    assert str(e.value) == (f"{index / 'ann.json'}: codes 'pq3', expected one of sq8, pq4, sq4 (rebuild it with "
+                            "`prvr index ann`)")
+    old = {k: v for k, v in t.meta.items() if k not in ("part_starts", "part_sets", "codes", "lists")}
     (index / "ann.json").write_text(json.dumps(old))
     t = TokenANN(index, {}, [])  # an ANN stage of an older release: one part, sq8
     assert t.part_starts.tolist() == [0] and t.part_sets.tolist() == [0] and t.codes == "sq8"

@@ -941,6 +941,92 @@ def test_several_queries_on_an_exact_scan_are_one_matrix(hand, monkeypatch):
     assert calls == ["search_repr", "search_repr"]
 
 
+def test_lists_score_as_the_module_doc_says(with_ann, rng_queries):
+    """Stage 2 from the per-video lists: every video and subsets, several weighted rows per set, a zero-weight row,
+    a set without rows, zero-scoring padding, best tokens."""
+    index, ref = with_ann
+    r = Retriever(index)
+    assert r.ann.lists is not None
+    q0, q1, q2 = rng_queries[:3]
+    everyone, some = np.arange(len(ref.ids)), np.array([0, 5, 20, 21, 39])
+    for rows in ([(q0, "clip", 1.0), (q0, "frame", 1.0)],
+                 [(q0, "clip", 0.6), (q1, "clip", 0.4), (q2, "frame", 1.0), (q1, "frame", 0.0), (q0, "frame", 0.7)],
+                 [(q1, "frame", 1.0)],
+                 [(-q2, "clip", 1.0), (-q2, "frame", 1.0)]):
+        want = ref.scores(rows)
+        assert_scores(r._lists_scores(qrepr(rows), everyone, tokens=True), want)
+        assert_scores(r._lists_scores(qrepr(rows), some, tokens=True), want, some)
+        totals = r._lists_scores(qrepr(rows), some)
+        np.testing.assert_allclose(totals.total.numpy(), want[0][some], rtol=0, atol=2e-6)
+        assert totals.tokens == {} and set(totals.sets) == {"clip", "frame"}
+    short = [i for i, v in enumerate(ref.videos) if len(v[1]["frame"]) < 6]
+    rows = [(-q2, "clip", 1.0), (-q2, "frame", 1.0)]
+    assert short and (r._lists_scores(qrepr(rows), everyone).sets["frame"].numpy()[short] >= 0).all()
+
+
+def test_ann_search_takes_stage_two_from_the_lists(with_ann, rng_queries, monkeypatch):
+    """The candidates' totals from the lists, then the k best again with their best tokens; the torch scan is not
+    used. With as many candidates as k, one pass."""
+    index, ref = with_ann
+    r = Retriever(index)
+    calls = []
+    for name in ("_lists_scores", "scores"):
+        real = getattr(r, name)
+        monkeypatch.setattr(r, name, lambda q, videos, tokens=False, _n=name, _f=real: calls.append(
+            (_n, videos.tolist(), tokens)) or (_f(q, videos, tokens) if _n == "_lists_scores" else _f(q, videos)))
+    rows = [(rng_queries[4], "clip", 1.0), (rng_queries[4], "frame", 1.0)]
+    total, _, best = ref.scores(rows)
+    hits = r.search_repr(qrepr(rows), 3, candidate_tokens=9, candidate_videos=8)
+    (n1, cands, t1), (n2, chosen, t2) = calls
+    cands = np.array(cands)
+    order = cands[np.argsort(-total[cands], kind="stable")]
+    assert (n1, n2, t1, t2, len(cands)) == ("_lists_scores", "_lists_scores", False, True, 8)
+    assert chosen == sorted(order[:3].tolist())
+    assert [h.video_id for h in hits] == [ref.ids[i] for i in order[:3]]
+    assert [h.score for h in hits] == pytest.approx(total[order[:3]].tolist(), abs=2e-6)
+    assert [h.tokens for h in hits] == [{"clip": best["clip"][i], "frame": best["frame"][i]} for i in order[:3]]
+    calls.clear()
+    r.search_repr(qrepr(rows), 3, candidate_tokens=9, candidate_videos=3)
+    assert [(c[0], len(c[1]), c[2]) for c in calls] == [("_lists_scores", 3, True)]
+    calls.clear()
+    monkeypatch.setattr(r.ann, "lists", None)  # an ANN stage built without them: the torch scan
+    assert [h.video_id for h in r.search_repr(qrepr(rows), 3, candidate_tokens=9, candidate_videos=8)] == [
+        ref.ids[i] for i in order[:3]]
+    assert [(c[0], len(c[1])) for c in calls] == [("scores", 8)]
+
+
+def test_lists_scores_refuse_non_finite(with_ann, rng_queries, monkeypatch):
+    index, _ = with_ann
+    r = Retriever(index)
+    rows = [(rng_queries[0], "clip", 1.0), (rng_queries[0], "frame", 1.0)]
+    real = r.ann.lists.best
+
+    def nan_for_one(vectors, sets, videos, tokens=False):
+        best, arg = real(vectors, sets, videos, tokens)
+        best[1, -1] = np.nan
+        return best, arg
+
+    monkeypatch.setattr(r.ann.lists, "best", nan_for_one)
+    for run in (lambda: r._lists_scores(qrepr(rows), np.arange(40)), lambda: r.search_repr(qrepr(rows), 3)):
+        with pytest.raises(PrvrError, match=f"^{index.name}: non-finite scores \\(the index or the model is corrupt\\)$"):
+            run()
+
+
+def test_ann_without_lists(with_ann, rng_queries, tmp_path):
+    index, ref = with_ann
+    copy = tmp_path / "copy"
+    shutil.copytree(index, copy)
+    assert (copy / "ann.lists.faiss").exists()
+    assert build_ann(copy, nlist=4, lists=False)["lists"] is None
+    assert not (copy / "ann.lists.faiss").exists()
+    r = Retriever(copy)
+    assert r.ann is not None and r.ann.lists is None
+    rows = [(rng_queries[3], "clip", 1.0), (rng_queries[3], "frame", 1.0)]
+    total = ref.scores(rows)[0]
+    hits = r.search_repr(qrepr(rows), 40, candidate_videos=40)
+    assert [h.video_id for h in hits] == [ref.ids[i] for i in np.argsort(-total, kind="stable")]
+
+
 def test_stale_or_generic_index_ignores_the_ann(with_ann, tmp_path):
     index, _ = with_ann
     copy = tmp_path / "copy"

@@ -15,6 +15,11 @@ to look through for the same recall. Measured on a trained model's tokens (the d
 of 100,000 videos scaled down to 6,400 (256 candidate videos): 262 tokens (the old fixed 4,096) and 15 % of the
 lists give 0.969 (sq8); 1,024 tokens (0.16 per video) give 0.980 (sq8) and 0.977 (pq4) at 15 %, 0.985 (pq4) at
 25 %, hence 0.16 tokens per video and 25 % of the lists (bench/two_stage_recall.py, README "Two-stage search").
+sq4 codes (4 bits per dimension, FAISS fast scan with one dimension per sub-quantizer: 16 learned levels per
+dimension) rank finely enough to need no re-scoring: 0.982 at 0.16 tokens per video, 0.985 at 0.24 (hence 0.24 for
+sq4) and 0.988 at 0.32, at 25 % of the lists and 4 % of the videos; 3 % of the videos gives 0.980 at 0.24.
+
+Stage 2 reads the candidates' tokens from per-video lists (prvr.index.rerank), built here too unless turned off.
 """
 
 from __future__ import annotations
@@ -27,13 +32,16 @@ import numpy as np
 import torch
 
 from prvr.errors import OutputError
+from prvr.index.rerank import LISTS_FILE, VideoLists, build_lists
 from prvr.index.store import IndexError_, Shard, layouts_of, load_shard, read_manifest
 from prvr.index.store import tensor_view as _tensor
 from prvr.io import atomic_path, check_writable, write_json_atomic
 from prvr.models.base import QueryRepr
 
 ANN_FILE, ANN_META, ANN_OWNERS = "ann.faiss", "ann.json", "ann.owners.npy"
-CODES = ("sq8", "pq4")  # 8-bit scalar quantisation of every dimension; 4-bit product codes (fast scan), re-scored
+# 8-bit scalar quantisation of every dimension; 4-bit product codes of 4-d pieces (fast scan), re-scored; 4-bit
+# product codes of single dimensions (fast scan), not re-scored
+CODES = ("sq8", "pq4", "sq4")
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ class AnnSizes:
 
 
 CANDIDATE_TOKENS = 4096  # at least this many nearest tokens per query row ...
-CANDIDATE_TOKENS_PER_VIDEO = 0.16  # ... and at least this many per video of the collection
+CANDIDATE_TOKENS_PER_VIDEO = {"sq8": 0.16, "pq4": 0.16, "sq4": 0.24}  # ... and at least this many per video
 CANDIDATE_VIDEOS = 1000  # at least this many candidate videos ...
 CANDIDATE_VIDEO_FRACTION = 0.04  # ... and at least this fraction of the collection
 NPROBE_FRACTION = 0.25  # of the inverted lists
@@ -52,16 +60,18 @@ REFINE = 4  # pq4: this many times more tokens are fetched, re-scored exactly fr
 
 
 def ann_sizes(n_videos: int, nlist: int, tokens: int | None = None, videos: int | None = None,
-              nprobe: int | None = None) -> AnnSizes:
+              nprobe: int | None = None, codes: str = "sq8") -> AnnSizes:
     """The default sizes of stage 1 for a collection of n_videos in nlist lists; any of them can be given."""
-    return AnnSizes(tokens or max(CANDIDATE_TOKENS, int(np.ceil(CANDIDATE_TOKENS_PER_VIDEO * n_videos))),
+    per_video = CANDIDATE_TOKENS_PER_VIDEO[codes]
+    return AnnSizes(tokens or max(CANDIDATE_TOKENS, int(np.ceil(per_video * n_videos))),
                     videos or max(CANDIDATE_VIDEOS, int(np.ceil(CANDIDATE_VIDEO_FRACTION * n_videos))),
                     nprobe or max(1, min(nlist, int(np.ceil(NPROBE_FRACTION * nlist)))))
 
 
 def build_ann(index: Path, nlist: int | None = None, codes: str = "sq8", train_size: int = 200_000,
-              chunk: int = 200_000, seed: int = 0) -> dict:
-    """Build INDEX/ann.faiss over all tokens; memory stays bounded by `chunk` tokens plus the codes."""
+              chunk: int = 200_000, seed: int = 0, lists: bool = True) -> dict:
+    """Build INDEX/ann.faiss over all tokens; memory stays bounded by `chunk` tokens plus the codes. `lists`: also
+    stage 2's per-video lists (prvr.index.rerank), which hold the tokens once more while they are written."""
     import faiss
 
     if codes not in CODES:
@@ -93,6 +103,8 @@ def build_ann(index: Path, nlist: int | None = None, codes: str = "sq8", train_s
     if codes == "sq8":
         ann = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
                                             faiss.METRIC_INNER_PRODUCT)
+    elif codes == "sq4":
+        ann = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, dim, 4, faiss.METRIC_INNER_PRODUCT)
     else:
         if dim % 4:
             raise IndexError_(f"{index}: pq4 codes need a token size divisible by 4, got {dim}")
@@ -120,8 +132,14 @@ def build_ann(index: Path, nlist: int | None = None, codes: str = "sq8", train_s
             raise OutputError(f"{index / ANN_FILE}: cannot write ({str(e).splitlines()[0][:200]})") from None
     with atomic_path(index / ANN_OWNERS) as tmp, open(tmp, "wb") as f:
         np.save(f, owners)
-    meta = {"n_videos": video_base, "n_tokens": int(n_tokens), "nlist": ann.nlist, "codes": codes,
-            "token_sets": names, "shards": manifest["shards"], "part_starts": starts, "part_sets": sets}
+    del ann
+    if lists:
+        build_lists(index, shards, names, dim, chunk)
+    else:
+        (index / LISTS_FILE).unlink(missing_ok=True)
+    meta = {"n_videos": video_base, "n_tokens": int(n_tokens), "nlist": nlist, "codes": codes,
+            "token_sets": names, "shards": manifest["shards"], "part_starts": starts, "part_sets": sets,
+            "lists": LISTS_FILE if lists else None}
     write_json_atomic(index / ANN_META, meta)
     return meta
 
@@ -153,36 +171,49 @@ class TokenANN:
         self.part_starts = np.asarray(m.get("part_starts", [0]), np.int64)
         self.part_sets = np.asarray(m.get("part_sets", [0]), np.int64)
         self.codes = m.get("codes", "sq8")
+        if self.codes not in CODES:
+            raise IndexError_(f"{index / ANN_META}: codes {self.codes!r}, expected one of {', '.join(CODES)} (rebuild "
+                              "it with `prvr index ann`)")
         self.shards = shards
         self.n_videos = int(m["n_videos"])
+        self.lists = None  # stage 2's per-video lists, when built
+        if m.get("lists") and len(shards) == len(m["shards"]):
+            counts = [np.concatenate([s.sets[n].counts for s in shards]) if shards else np.zeros(0, np.int64)
+                      for n in self.names]
+            if all(len(c) == self.n_videos for c in counts):
+                self.lists = VideoLists(index / LISTS_FILE, counts)
 
     def covers(self, manifest: dict) -> bool:
         return (self.meta["shards"] == manifest["shards"] and self.names == list(manifest["token_sets"])
                 and self.meta["n_videos"] == manifest.get("n_videos") and "part_starts" in self.meta)
 
     def sizes(self, tokens: int | None = None, videos: int | None = None, nprobe: int | None = None) -> AnnSizes:
-        return ann_sizes(self.n_videos, self.ann.nlist, tokens, videos, nprobe)
+        return ann_sizes(self.n_videos, self.ann.nlist, tokens, videos, nprobe, self.codes)
 
     def _exact(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Exact similarity of each row's returned tokens (U, K) from the index's float16 tokens (-inf where none
-        was returned), read part by part in token order."""
+        was returned), read part by part (a part: one token set of one shard)."""
         U, K = ids.shape
         flat = ids.reshape(-1)
-        where = np.nonzero(flat >= 0)[0]  # positions of the returned tokens
-        where = where[np.argsort(flat[where], kind="stable")]  # in token order: one pass over each part
+        where = np.flatnonzero(flat >= 0)  # positions of the returned tokens
         tokens = flat[where]
         part = np.searchsorted(self.part_starts, tokens, side="right") - 1
+        order = np.argsort(part.astype(np.int32 if len(self.part_starts) >= 2 ** 15 else np.int16), kind="stable")
+        where, tokens, part = where[order], tokens[order], part[order]  # grouped by part (a radix sort: few parts)
         cuts = np.searchsorted(part, np.arange(len(self.part_starts) + 1))  # part p: tokens[cuts[p]:cuts[p+1]]
+        local = torch.from_numpy(tokens - self.part_starts[part])  # row within its part
         rows = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))  # (U, D)
-        sims = np.empty(len(tokens), np.float32)
-        for p in np.nonzero(np.diff(cuts))[0]:  # the parts that hold returned tokens (a few dozen shards x sets)
+        sims = torch.empty(len(tokens))
+        for p in np.flatnonzero(np.diff(cuts)):  # the parts that hold returned tokens (a few dozen shards x sets)
             a, b = cuts[p], cuts[p + 1]
             shard, name = self.shards[p // len(self.names)], self.names[self.part_sets[p]]
-            block = _tensor(shard.sets[name].tokens).index_select(0, torch.from_numpy(tokens[a:b] - self.part_starts[p]))
-            dots = block.float() @ rows.T  # (n, U)
-            sims[a:b] = dots.gather(1, torch.from_numpy(where[a:b] // K)[:, None]).squeeze(1).numpy()
+            block = _tensor(shard.sets[name].tokens).index_select(0, local[a:b]).float()  # (n, D)
+            if U == 1:
+                torch.mv(block, rows[0], out=sims[a:b])
+            else:
+                sims[a:b] = (block @ rows.T).gather(1, torch.from_numpy(where[a:b] // K)[:, None]).squeeze(1)
         out = np.full(U * K, -np.inf, np.float32)
-        out[where] = sims
+        out[where] = sims.numpy()
         return out.reshape(U, K)
 
     def candidates(self, q: QueryRepr, sizes: AnnSizes) -> np.ndarray:

@@ -296,6 +296,30 @@ class Retriever:
             sets[name] = TokenSet(tok, mask if layout.ragged else None)
         return VideoRepr(sets)
 
+    def _lists_scores(self, q: QueryRepr, videos: np.ndarray, tokens: bool = False) -> Scores:
+        """`scores` of some videos (sorted global indices) from stage 2's per-video lists (prvr.index.rerank): the
+        same formula, each row's best token found by one FAISS scan over the videos' lists. Without `tokens` only
+        the totals are filled in."""
+        rows = self.scaled_rows(q)
+        names = self.ann.names
+        vectors = np.concatenate([rows[n].cpu().numpy() for n in names])  # (R, D) every live row, set by set
+        sets = np.concatenate([np.full(len(rows[n]), i) for i, n in enumerate(names)])  # (R,)
+        best, arg = self.ann.lists.best(vectors, sets, videos, tokens)  # (R, n) each
+        total, per_set, best_token = np.zeros(len(videos), np.float32), {}, {}
+        for i, name in enumerate(names):
+            b = best[sets == i]  # (M_s, n)
+            if self.layouts[name].pads_score_zero:  # as in `_row_best`: a short video's padding scores 0
+                b = np.where(self.ann.lists.counts[i][videos] < self.layouts[name].capacity, np.maximum(b, 0.0), b)
+            per_set[name] = b.sum(axis=0)
+            total += per_set[name]
+            if tokens:  # the row that contributes most decides the moment, as in `_set_scores`
+                best_token[name] = (arg[sets == i][b.argmax(axis=0), np.arange(len(videos))] if len(b)
+                                    else np.zeros(len(videos), np.int64))
+        if not np.isfinite(total).all():  # a NaN is never "lower": it must not decide which videos are kept
+            raise PrvrError(f"{self.path.name}: non-finite scores (the index or the model is corrupt)")
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+        return Scores(t(total), {n: t(v) for n, v in per_set.items()}, {n: t(v) for n, v in best_token.items()})
+
     # ------------------------------------------------------------------ search
     def search_repr(self, q: QueryRepr, k: int = 10, exact: bool | None = None, candidate_tokens: int | None = None,
                     candidate_videos: int | None = None, nprobe: int | None = None,
@@ -309,7 +333,7 @@ class Retriever:
             raise PrvrError(f"k={k}: expected 1 <= k <= {MAX_K}")
         if not self.ids:
             return []
-        videos = within
+        videos, lists_used = within, False
         if within is not None and not len(within):
             return []
         if within is None and not exact and self.ann is not None:
@@ -318,7 +342,12 @@ class Retriever:
             videos = self.ann.candidates(q, sizes)
             if len(videos) < k:
                 videos = None
-        sc = self.scores(q, videos)
+            elif self.ann.lists is not None:  # stage 2 by one FAISS scan: the k best, then their numbers and tokens
+                if len(videos) > k:
+                    total = self._lists_scores(q, videos).total.cpu().numpy()
+                    videos = np.sort(videos[np.argpartition(-total, k - 1)[:k]])
+                lists_used = True
+        sc = self._lists_scores(q, videos, tokens=True) if lists_used else self.scores(q, videos)
         if not torch.isfinite(sc.total).all():  # a NaN is never "lower": it must not become a hit
             raise PrvrError(f"{self.path.name}: non-finite scores (the index or the model is corrupt)")
         top = torch.topk(sc.total, min(k, len(sc.total))).indices
@@ -441,28 +470,46 @@ class Retriever:
         """The best `n` distinct moments of one video for one normalised query: the moment set's tokens by their
         weighted similarity, each kept only if its frames neither overlap nor touch a better one's; each with the
         best frame inside it (from the frame set). `rows`: `scaled_rows(q)`, when the caller has it."""
-        si, j = self._where[video_id]
-        shard = self.shards[si]
-        meta = shard.meta[j]
-        n_raw, duration = int(meta.get("n_raw_frames", 0) or 0), meta.get("duration")
-        if self.exact_only or not n_raw or not duration:
+        if self.exact_only:
             return []
-        rows = self.scaled_rows(q) if rows is None else rows
+        return self._moments_many(self.scaled_rows(q) if rows is None else rows, [video_id], n)[0]
 
-        def token_scores(name: str) -> torch.Tensor:  # (tokens of this video,)
-            st = shard.sets[name]
-            tok = _tensor(np.asarray(st.tokens[st.offsets[j]:st.offsets[j + 1]])).to(self.device).float()
-            return (tok @ rows[name].T).sum(1) if len(rows[name]) else torch.zeros(len(tok), device=self.device)
+    def _token_scores(self, rows: torch.Tensor, name: str, video_ids: list[str]) -> list[np.ndarray]:
+        """Each video's tokens of one set scored by the set's scaled query rows (summed): one product for all."""
+        parts = []
+        for v in video_ids:  # data assembly: a slice of the memory map per video
+            si, j = self._where[v]
+            st = self.shards[si].sets[name]
+            parts.append(st.tokens[st.offsets[j]:st.offsets[j + 1]])
+        lengths = np.cumsum([len(p) for p in parts])[:-1]
+        if not len(rows):
+            return np.split(np.zeros(sum(len(p) for p in parts), np.float32), lengths)
+        tok = _tensor(np.concatenate(parts)).to(self.device).float()  # (sum of tokens, D)
+        return np.split((tok @ rows.T).sum(1).cpu().numpy(), lengths)
 
-        cells = token_scores(self.moment_set)
+    @torch.no_grad()
+    def _moments_many(self, rows: dict[str, torch.Tensor], video_ids: list[str], n: int = MOMENTS) -> list[list[dict]]:
+        """`moments` of several videos for one query, their tokens scored together."""
+        cells_of = self._token_scores(rows[self.moment_set], self.moment_set, video_ids)
+        frames_of = (self._token_scores(rows[self.frame_set], self.frame_set, video_ids) if self.frame_set
+                     else [None] * len(video_ids))
+        return [self._distinct_moments(v, cells, frames, n) for v, cells, frames in zip(video_ids, cells_of, frames_of,
+                                                                                      strict=True)]
+
+    def _distinct_moments(self, video_id: str, cells: np.ndarray, frame_scores: np.ndarray | None, n: int
+                          ) -> list[dict]:
+        si, j = self._where[video_id]
+        meta = self.shards[si].meta[j]
+        n_raw, duration = int(meta.get("n_raw_frames", 0) or 0), meta.get("duration")
+        if not n_raw or not duration:
+            return []
         spans = self.layouts[self.moment_set].spans(n_raw)[:len(cells)]  # (T, 2) raw frame rows of each token
-        frame_spans = frame_scores = None
-        if self.frame_set is not None:
-            frame_scores = token_scores(self.frame_set).cpu().numpy()
+        frame_spans = None
+        if frame_scores is not None:
             frame_spans = self.layouts[self.frame_set].spans(n_raw)[:len(frame_scores)]
         times = meta.get("frame_times") if isinstance(meta.get("frame_times"), list) else None
         out, kept = [], []
-        for t in torch.argsort(cells, descending=True, stable=True).tolist():  # a few dozen tokens: post-processing
+        for t in np.argsort(-cells, kind="stable").tolist():  # a few dozen tokens, best first: post-processing
             lo, hi = int(spans[t, 0]), int(spans[t, 1])
             if any(lo <= b and a <= hi for a, b in kept):
                 continue
@@ -481,9 +528,11 @@ class Retriever:
         return out
 
     def _with_moments(self, q: QueryRepr, hits: list[Hit]) -> list[Hit]:
-        rows = None if self.exact_only else self.scaled_rows(q)
-        for h in hits[:MOMENT_HITS]:
-            h.moments = self.moments(q, h.video_id, rows=rows)
+        if self.exact_only or not hits:
+            return hits
+        listed = hits[:MOMENT_HITS]
+        for h, m in zip(listed, self._moments_many(self.scaled_rows(q), [h.video_id for h in listed]), strict=True):
+            h.moments = m
         return hits
 
     def videos_matching(self, path: str) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""Stage 2's store for large collections: every token of the index once more, as float16 codes in one FAISS
+inverted list per (video, token set), list v * S + s. One range search over the candidates' lists with radius -inf
+returns the similarity of every token of theirs in a single pass of FAISS's SIMD scan, list after list; the best of
+a list is that video's max-similarity on that set, the same float16 tokens and float32 products as the torch path
+of `prvr.index.search`, without gathering the candidates' tokens into a float32 copy first. It costs the index's
+token bytes once more on disk (memory-mapped when read: 2.9 GB at 100,000 videos of 112 128-d tokens).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from prvr.errors import OutputError
+from prvr.index.store import IndexError_, Shard
+from prvr.io import atomic_path
+
+LISTS_FILE = "ann.lists.faiss"
+
+
+def build_lists(index: Path, shards: list[Shard], names: list[str], dim: int, chunk: int = 200_000) -> int:
+    """Write INDEX/ann.lists.faiss: each token's float16 code in the list of its (video, set), its id that list's
+    number. Returns the number of tokens stored."""
+    import faiss
+    from faiss.contrib.ivf_tools import add_preassigned
+
+    S = len(names)
+    n_videos = sum(len(s.ids) for s in shards)
+    lists = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, max(1, n_videos * S),
+                                          faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT, False)
+    lists.is_trained = True  # float16 codes need no training, and every token's list is given, never assigned
+    base = 0
+    for s in shards:
+        for si, name in enumerate(names):
+            st = s.sets[name]
+            owner = (base + np.repeat(np.arange(len(s.ids)), st.counts)) * S + si  # (tokens,) list of each token
+            for a in range(0, len(st.tokens), chunk):
+                part = np.asarray(st.tokens[a:a + chunk], np.float32)
+                add_preassigned(lists, part, owner[a:a + len(part)], owner[a:a + len(part)])
+        base += len(s.ids)
+    with atomic_path(index / LISTS_FILE) as tmp:
+        try:
+            faiss.write_index(lists, str(tmp))
+        except RuntimeError as e:  # faiss reports a failed write (full disk) as a RuntimeError
+            raise OutputError(f"{index / LISTS_FILE}: cannot write ({str(e).splitlines()[0][:200]})") from None
+    return int(lists.ntotal)
+
+
+class VideoLists:
+    """The lists of an index, memory-mapped. `counts[s]`: tokens of each video (global index) in set s."""
+
+    def __init__(self, path: Path, counts: list[np.ndarray]):
+        import faiss
+
+        try:
+            self.lists = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+        except (RuntimeError, OSError) as e:
+            raise IndexError_(f"{path}: corrupt stage-2 lists ({e.__class__.__name__}; rebuild them with "
+                              "`prvr index ann`)") from None
+        self.counts = counts
+        self.S = len(counts)
+        n_videos = len(counts[0]) if counts else 0
+        if (not isinstance(self.lists, faiss.IndexIVFScalarQuantizer) or self.lists.nlist != max(1, n_videos * self.S)
+                or self.lists.ntotal != sum(int(c.sum()) for c in counts)):
+            raise IndexError_(f"{path}: stage-2 lists that do not match the index (rebuild them with `prvr index ann`)")
+
+    def best(self, rows: np.ndarray, sets: np.ndarray, videos: np.ndarray, tokens: bool = False
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+        """rows (R, D) float32 query rows, each aimed at token set sets[r]; videos (n,) sorted global indices ->
+        (R, n) float32: per row and video the best similarity over the video's tokens of that set (-inf for a video
+        with none), and with `tokens` the token that reaches it (R, n) (the first of equal ones; 0 for none)."""
+        import faiss
+
+        R, n = len(rows), len(videos)
+        counts = np.stack([self.counts[s][videos] for s in sets]) if R else np.zeros((0, n), np.int64)  # (R, n)
+        keys = (videos[None] * self.S + sets[:, None]).astype(np.int64)  # (R, n) the lists each row scans
+        res = faiss.RangeSearchResult(R)
+        self.lists.range_search_preassigned_c(
+            R, faiss.swig_ptr(np.ascontiguousarray(rows, np.float32)), float(-np.inf), faiss.swig_ptr(keys),
+            faiss.swig_ptr(np.zeros(keys.shape, np.float32)), res, False, faiss.SearchParametersIVF(nprobe=max(1, n)))
+        lims = faiss.rev_swig_ptr(res.lims, R + 1).astype(np.int64)
+        sims = faiss.rev_swig_ptr(res.distances, int(lims[-1])).copy()  # every token of every scanned list
+        labels = faiss.rev_swig_ptr(res.labels, int(lims[-1])).copy()  # its list
+        out = np.full((R, n), -np.inf, np.float32)
+        arg = np.zeros((R, n), np.int64) if tokens else None
+        for r in range(R):  # a few query rows: each one's tokens come list after list, in the order asked
+            c = counts[r]
+            full = np.nonzero(c)[0]  # videos with tokens in this set
+            if lims[r + 1] - lims[r] != c.sum():
+                raise IndexError_("stage-2 lists returned another number of tokens than the index holds (rebuild "
+                                  "them with `prvr index ann`)")
+            if not len(full):
+                continue
+            seg = sims[lims[r]:lims[r + 1]]
+            starts = np.concatenate([[0], np.cumsum(c[full])[:-1]])  # each video's first token in seg
+            if not np.array_equal(labels[lims[r]:lims[r + 1]], np.repeat(keys[r, full], c[full])):
+                raise IndexError_("stage-2 lists out of order or not the index's (rebuild them with `prvr index ann`)")
+            out[r, full] = np.maximum.reduceat(seg, starts)
+            if tokens:  # the first token of each video that reaches its best
+                at_best = np.flatnonzero(seg == np.repeat(out[r, full], c[full]))
+                arg[r, full] = at_best[np.searchsorted(at_best, starts)] - starts
+        return out, arg
