@@ -329,10 +329,10 @@ def candidates_by_hand(t, table, q, sizes):
             continue
         row = q.vectors[0, m].numpy().astype(np.float32)[None]
         if t.codes == "sq8":
-            sims, ids = t.ann.search(row, sizes.tokens)
+            sims, ids = t._search(row, sizes.tokens, sizes.nprobe)  # FAISS (in shares with threads: tested above)
             sims, ids = sims[0][ids[0] >= 0], ids[0][ids[0] >= 0]
         else:
-            _, ids = t.ann.search(row, sizes.tokens * 4)
+            _, ids = t._search(row, sizes.tokens * 4, sizes.nprobe)
             ids = ids[0][ids[0] >= 0]
             sims = table.tokens[ids] @ row[0].astype(np.float64)
             order = np.argsort(-sims)[:sizes.tokens]
@@ -366,6 +366,38 @@ def queries(rng, n):
         else:
             out.append(QueryRepr(v[None, :2], torch.tensor([[0.5, 1.5]]), ("clip", "clip")))
     return out
+
+
+@pytest.mark.parametrize("codes", ["sq8", "sq4"])
+def test_search_split_over_threads_finds_the_same_tokens(two_shards, codes):
+    """With several threads the probed lists are searched in shares, one FAISS query each, and merged: the same
+    tokens and similarities as one search, for each vector, also where fewer than k are found."""
+    import faiss
+
+    index, table = two_shards
+    build_ann(index, nlist=8, codes=codes)
+    t = TokenANN(index, {"clip": 0.6, "frame": 0.4}, [])
+    x = table.tokens[:3].astype(np.float32)
+    before = faiss.omp_get_max_threads()
+    try:
+        for k, nprobe in ((20, 5), (500, 3), (7, 8)):
+            faiss.omp_set_num_threads(1)
+            s1, i1 = t._search(x, k, nprobe)
+            assert s1.shape == i1.shape == (3, k)
+            for threads in (2, 3, 9):
+                faiss.omp_set_num_threads(threads)
+                s2, i2 = t._search(x, k, nprobe)
+                assert s2.shape == i2.shape == (3, k)
+                for u in range(3):
+                    f1, f2 = i1[u] >= 0, i2[u] >= 0
+                    one = sorted(zip(i1[u][f1], s1[u][f1], strict=True))
+                    split = sorted(zip(i2[u][f2], s2[u][f2], strict=True))
+                    assert [i for i, _ in one] == [i for i, _ in split]
+                    np.testing.assert_allclose([s for _, s in one], [s for _, s in split], rtol=0, atol=1e-6)
+                    assert (i1[u] < 0).sum() == (i2[u] < 0).sum()
+        assert (i1 < 0).sum() == 0 and (t._search(x, 500, 3)[1] < 0).any()  # 500 > the tokens of 3 lists
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 @pytest.mark.parametrize("codes", ["sq8", "pq4"])

@@ -81,6 +81,9 @@ def test_best_and_best_token_per_row_and_video(stored):
         assert best.dtype == np.float32 and arg.tolist() == a.tolist()
         only, none = vl.best(rows, sets, videos)
         assert none is None and np.array_equal(only, best)
+        for parts in (1, 2, 3, 7):  # the videos in shares, one FAISS query each (more shares than videos: capped)
+            split, split_arg = vl.best(rows, sets, videos, tokens=True, parts=parts)
+            assert np.array_equal(split, best) and np.array_equal(split_arg, arg)
     best, _ = vl.best(rows, sets, np.arange(5))
     assert np.isneginf(best[1:3, 1]).all() and np.isfinite(best[[0, 3]]).all()  # video 1 has no frames
     tie = tokens["clip"][0][1].astype(np.float32)
@@ -88,6 +91,8 @@ def test_best_and_best_token_per_row_and_video(stored):
     assert arg.tolist() == [[1]]  # tokens 1 and 3 are equal: the first
     best, arg = vl.best(np.zeros((0, D), np.float32), np.zeros(0, np.int64), np.arange(5), tokens=True)
     assert best.shape == arg.shape == (0, 5)
+    best, arg = vl.best(rows, sets, np.zeros(0, np.int64), tokens=True)
+    assert best.shape == arg.shape == (4, 0)
 
 
 def test_lists_that_do_not_match_the_index_are_refused(stored, tmp_path_factory):

@@ -216,6 +216,30 @@ class TokenANN:
         out[where] = sims.numpy()
         return out.reshape(U, K)
 
+    def _search(self, vectors: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's k nearest tokens of each vector over its nprobe nearest lists: similarities and ids (U, k), -1
+        where fewer were found. With several threads the probed lists are split in one share per thread, each
+        share searched as its own query (FAISS gives each query one thread), and each vector's shares merged: the
+        same tokens as one search (ties at the last one aside), unordered."""
+        import faiss
+
+        U, threads = len(vectors), min(faiss.omp_get_max_threads(), nprobe)
+        if threads < 2:
+            self.ann.nprobe = nprobe
+            return self.ann.search(vectors, k)
+        dist, lists = self.ann.quantizer.search(vectors, nprobe)  # (U, nprobe) the probed lists, nearest first
+        cuts = np.linspace(0, nprobe, threads + 1).astype(np.int64)
+        width = int(np.diff(cuts).max())
+        keys, coarse = np.full((U * threads, width), -1, np.int64), np.zeros((U * threads, width), np.float32)
+        for p in range(threads):  # query u * threads + p: vector u over share p of its lists (-1: no list)
+            keys[p::threads, :cuts[p + 1] - cuts[p]] = lists[:, cuts[p]:cuts[p + 1]]
+            coarse[p::threads, :cuts[p + 1] - cuts[p]] = dist[:, cuts[p]:cuts[p + 1]]
+        self.ann.nprobe = width
+        sims, ids = self.ann.search_preassigned(np.repeat(vectors, threads, axis=0), k, keys, coarse)
+        sims, ids = sims.reshape(U, threads * k), ids.reshape(U, threads * k)
+        keep = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # each vector's k best over its shares
+        return np.take_along_axis(sims, keep, 1), np.take_along_axis(ids, keep, 1)
+
     def candidates(self, q: QueryRepr, sizes: AnnSizes) -> np.ndarray:
         """A normalised query -> up to `sizes.videos` candidate videos (sorted global indices), ranked by the upper
         bound of their score over the `sizes.tokens` nearest tokens of each query row (see the module doc)."""
@@ -224,9 +248,8 @@ class TokenANN:
         rows = q.vectors[0, live].float().cpu().numpy()
         vectors, row_of = np.unique(rows, axis=0, return_inverse=True)  # one vector aimed at several sets: one search
         vectors = np.ascontiguousarray(vectors, np.float32)
-        self.ann.nprobe = sizes.nprobe
         fetch = sizes.tokens * (REFINE if self.codes == "pq4" else 1)
-        sims, ids = self.ann.search(vectors, fetch)  # (U, K) each, best first
+        sims, ids = self._search(vectors, fetch, sizes.nprobe)  # (U, K) each
         if self.codes == "pq4":  # product codes only rank roughly: re-score the fetched tokens exactly
             sims = self._exact(vectors, ids)
             if sims.shape[1] > sizes.tokens:  # the best `tokens` of each row (unordered: only sets of them are used)

@@ -65,37 +65,49 @@ class VideoLists:
                 or self.lists.ntotal != sum(int(c.sum()) for c in counts)):
             raise IndexError_(f"{path}: stage-2 lists that do not match the index (rebuild them with `prvr index ann`)")
 
-    def best(self, rows: np.ndarray, sets: np.ndarray, videos: np.ndarray, tokens: bool = False
-             ) -> tuple[np.ndarray, np.ndarray | None]:
+    def best(self, rows: np.ndarray, sets: np.ndarray, videos: np.ndarray, tokens: bool = False,
+             parts: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """rows (R, D) float32 query rows, each aimed at token set sets[r]; videos (n,) sorted global indices ->
         (R, n) float32: per row and video the best similarity over the video's tokens of that set (-inf for a video
-        with none), and with `tokens` the token that reaches it (R, n) (the first of equal ones; 0 for none)."""
+        with none), and with `tokens` the token that reaches it (R, n) (the first of equal ones; 0 for none).
+        `parts`: the videos are split in this many shares, each row and share one FAISS query, so that FAISS's
+        threads (which take queries in parallel) get equal work (default: one share per thread)."""
         import faiss
 
         R, n = len(rows), len(videos)
-        counts = np.stack([self.counts[s][videos] for s in sets]) if R else np.zeros((0, n), np.int64)  # (R, n)
-        keys = (videos[None] * self.S + sets[:, None]).astype(np.int64)  # (R, n) the lists each row scans
-        res = faiss.RangeSearchResult(R)
-        self.lists.range_search_preassigned_c(
-            R, faiss.swig_ptr(np.ascontiguousarray(rows, np.float32)), float(-np.inf), faiss.swig_ptr(keys),
-            faiss.swig_ptr(np.zeros(keys.shape, np.float32)), res, False, faiss.SearchParametersIVF(nprobe=max(1, n)))
-        lims = faiss.rev_swig_ptr(res.lims, R + 1).astype(np.int64)
-        sims = faiss.rev_swig_ptr(res.distances, int(lims[-1])).copy()  # every token of every scanned list
-        labels = faiss.rev_swig_ptr(res.labels, int(lims[-1])).copy()  # its list
         out = np.full((R, n), -np.inf, np.float32)
         arg = np.zeros((R, n), np.int64) if tokens else None
-        for r in range(R):  # a few query rows: each one's tokens come list after list, in the order asked
+        if not R or not n:
+            return out, arg
+        counts = np.stack([self.counts[s][videos] for s in sets])  # (R, n)
+        keys = (videos[None] * self.S + sets[:, None]).astype(np.int64)  # (R, n) the lists each row scans
+        parts = max(1, min(parts or faiss.omp_get_max_threads(), n))
+        cuts = np.linspace(0, n, parts + 1).astype(np.int64)
+        width = int(np.diff(cuts).max())
+        asked = np.full((parts * R, width), -1, np.int64)  # query p * R + r: row r over share p (-1: no list)
+        for p in range(parts):
+            asked[p * R:(p + 1) * R, :cuts[p + 1] - cuts[p]] = keys[:, cuts[p]:cuts[p + 1]]
+        x = np.ascontiguousarray(np.tile(rows, (parts, 1)), np.float32)  # (parts * R, D); held while FAISS reads
+        coarse = np.zeros(asked.shape, np.float32)  # no coarse term: the lists hold the tokens themselves
+        res, params = faiss.RangeSearchResult(len(asked)), faiss.SearchParametersIVF(nprobe=width)
+        self.lists.range_search_preassigned_c(len(asked), faiss.swig_ptr(x), float(-np.inf), faiss.swig_ptr(asked),
+                                              faiss.swig_ptr(coarse), res, False, params)
+        lims = faiss.rev_swig_ptr(res.lims, len(asked) + 1).astype(np.int64)
+        sims = faiss.rev_swig_ptr(res.distances, int(lims[-1]))  # every token of every scanned list ...
+        labels = faiss.rev_swig_ptr(res.labels, int(lims[-1]))  # ... and its list, both in the order asked
+        for r in range(R):  # a few query rows
             c = counts[r]
             full = np.nonzero(c)[0]  # videos with tokens in this set
-            if lims[r + 1] - lims[r] != c.sum():
+            mine = [slice(lims[p * R + r], lims[p * R + r + 1]) for p in range(parts)]
+            seg, lab = np.concatenate([sims[m] for m in mine]), np.concatenate([labels[m] for m in mine])
+            if len(seg) != c.sum():
                 raise IndexError_("stage-2 lists returned another number of tokens than the index holds (rebuild "
                                   "them with `prvr index ann`)")
             if not len(full):
                 continue
-            seg = sims[lims[r]:lims[r + 1]]
-            starts = np.concatenate([[0], np.cumsum(c[full])[:-1]])  # each video's first token in seg
-            if not np.array_equal(labels[lims[r]:lims[r + 1]], np.repeat(keys[r, full], c[full])):
+            if not np.array_equal(lab, np.repeat(keys[r, full], c[full])):
                 raise IndexError_("stage-2 lists out of order or not the index's (rebuild them with `prvr index ann`)")
+            starts = np.concatenate([[0], np.cumsum(c[full])[:-1]])  # each video's first token in seg
             out[r, full] = np.maximum.reduceat(seg, starts)
             if tokens:  # the first token of each video that reaches its best
                 at_best = np.flatnonzero(seg == np.repeat(out[r, full], c[full]))
