@@ -204,8 +204,9 @@ def main() -> None:
               "threads": torch.get_num_threads()}
     if args.dir is None:
         shutil.rmtree(work)
-    write_result(result_name("search", f"trained-{args.from_index.name}", f"{args.videos}v-{args.dim}d-{args.codes}",
-                             "fp16", "cpu"), result, args.json)
+    write_result(result_name("search", f"trained-{args.from_index.name}",
+                             f"{args.videos}v-{args.dim}d-{args.codes}-{torch.get_num_threads()}t", "fp16", "cpu"),
+                 result, args.json)
 
 
 if __name__ == "__main__":
