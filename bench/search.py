@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="the dataset root of that index (test captions)")
     ap.add_argument("--videos", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=384, help="token size (the charades preset's hidden size)")
-    ap.add_argument("--codes", default="sq8", choices=list(CODES))
+    ap.add_argument("--codes", default="sq4", choices=list(CODES))
     ap.add_argument("--queries", type=int, default=200, help="latency queries")
     ap.add_argument("--recall-queries", type=int, default=100, help="queries also searched exactly")
     ap.add_argument("--noise", type=float, default=0.25, help="per-token noise norm before renormalising")

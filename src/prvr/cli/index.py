@@ -86,9 +86,9 @@ def index_remove(index: Annotated[Path, typer.Argument(help="index directory")],
 @index_app.command("ann")
 def index_ann(index: Annotated[Path, typer.Argument(help="index directory")],
               nlist: Annotated[int | None, typer.Option(min=1, max=65536, help="inverted lists (default ~4 sqrt(tokens))")] = None,
-              codes: Annotated[str, typer.Option(help="sq8 (8-bit per dimension), pq4 (4-bit codes of 4-d pieces, "
-                                                       "re-scored; fastest to scan) or sq4 (4 bits per dimension; "
-                                                       "fastest search at 100,000 videos)")] = "sq8",
+              codes: Annotated[str, typer.Option(help="sq4 (4 bits per dimension, FAISS fast scan: the fastest "
+                                                       "search at 100,000 videos), sq8 (8 bits per dimension) or pq4 "
+                                                       "(4-bit codes of 4-d pieces, re-scored: the smallest)")] = "sq4",
               lists: Annotated[bool, typer.Option(help="also the per-video lists that make stage 2 one FAISS scan "
                                                        "(the index's token bytes once more on disk)")] = True):
     """Build the approximate stage over every token (FAISS) for large collections; search then re-ranks exactly."""

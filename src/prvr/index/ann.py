@@ -68,7 +68,7 @@ def ann_sizes(n_videos: int, nlist: int, tokens: int | None = None, videos: int 
                     nprobe or max(1, min(nlist, int(np.ceil(NPROBE_FRACTION * nlist)))))
 
 
-def build_ann(index: Path, nlist: int | None = None, codes: str = "sq8", train_size: int = 200_000,
+def build_ann(index: Path, nlist: int | None = None, codes: str = "sq4", train_size: int = 200_000,
               chunk: int = 200_000, seed: int = 0, lists: bool = True) -> dict:
     """Build INDEX/ann.faiss over all tokens; memory stays bounded by `chunk` tokens plus the codes. `lists`: also
     stage 2's per-video lists (prvr.index.rerank), which hold the tokens once more while they are written."""
