@@ -202,6 +202,17 @@ def test_two_stage_search_matches_exact(trained, tmp_path):
         for h in approx:
             assert h.score == pytest.approx(exact_scores[h.video_id], abs=1e-5)
     assert np.mean(overlap) >= 0.9
+    assert rt.ann.codes == "sq4" and rt.ann.lists is not None  # the defaults: sq4 codes, stage 2 from the lists
+    # the CLI's search: stage 2 from the lists, then (--no-lists) from the shards; the same hits and scores
+    with_lists = json.loads(cli("search", ann_index, "--query-id", qids[0], "--data", root, "-k", "5", "--json").stdout)
+    r = cli("index", "ann", ann_index, "--nlist", "8", "--codes", "sq8", "--no-lists")
+    assert r.returncode == 0, r.stderr
+    assert not (ann_index / "ann.lists.faiss").exists() and Retriever(ann_index).ann.lists is None
+    assert json.loads((ann_index / "ann.json").read_text())["lists"] is None
+    exact = json.loads(cli("search", ann_index, "--query-id", qids[0], "--data", root, "-k", "5", "--json",
+                           "--exact").stdout)
+    assert [h["video_id"] for h in with_lists] == [h["video_id"] for h in exact]
+    assert [h["score"] for h in with_lists] == pytest.approx([h["score"] for h in exact], abs=5e-7)
     # after `index add` the ANN no longer covers the index: searches fall back to exact
     r = cli("index", "add", "--checkpoint", ckpt, "--data", root, "--out", ann_index, "--split", "val", "--quiet")
     assert r.returncode == 0, r.stderr
