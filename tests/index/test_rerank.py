@@ -74,11 +74,13 @@ def test_best_and_best_token_per_row_and_video(stored):
     rng = np.random.default_rng(1)
     rows = rng.standard_normal((4, D)).astype(np.float32) * np.array([[1.0], [0.5], [2.0], [0.3]], np.float32)
     sets = np.array([0, 1, 1, 0])
-    for videos in (np.arange(5), np.array([1, 3]), np.array([0]), np.array([1]), np.array([4])):
+    for videos in (np.arange(5), np.arange(4), np.array([1, 3]), np.array([0]), np.array([1]), np.array([4])):
         best, arg = vl.best(rows, sets, videos, tokens=True)
         b, a = want(tokens, rows, sets, videos)
         np.testing.assert_allclose(best, b, rtol=0, atol=2e-6)
-        assert best.dtype == np.float32 and arg.tolist() == a.tolist()
+        assert best.dtype == np.float32 and arg.dtype == np.int64 and arg.tolist() == a.tolist()
+        wide, _ = vl.best(rows.astype(np.float64), sets, videos)  # any float rows: handed to FAISS as float32
+        assert np.array_equal(wide, best)
         only, none = vl.best(rows, sets, videos)
         assert none is None and np.array_equal(only, best)
         for parts in (1, 2, 3, 7):  # the videos in shares, one FAISS query each (more shares than videos: capped)
@@ -134,3 +136,34 @@ def test_lists_of_another_index_are_refused_when_read(stored):
     with pytest.raises(IndexError_, match="^stage-2 lists out of order or not the index's \\(rebuild them with "
                                           "`prvr index ann`\\)$"):
         vl.best(row, np.array([1]), np.array([3, 4]))
+
+
+def test_one_video_of_one_set(tmp_path):
+    rng = np.random.default_rng(3)
+    one = shard(rng, {"clip": [3]})
+    assert build_lists(tmp_path, [one], ["clip"], D) == 3
+    vl = VideoLists(tmp_path / LISTS_FILE, [np.array([3])])
+    assert vl.lists.nlist == 1 and vl.S == 1
+    row = np.asarray(one.sets["clip"].tokens[2], np.float32)[None]
+    best, arg = vl.best(row, np.array([0]), np.array([0]), tokens=True)
+    assert arg.tolist() == [[2]] and best[0, 0] == pytest.approx(float(row[0] @ row[0]), abs=1e-6)
+
+
+def test_a_failed_write_is_one_line_and_leaves_nothing(stored, monkeypatch):
+    import faiss
+
+    from prvr.errors import OutputError
+
+    path, _, _ = stored
+    (path / LISTS_FILE).unlink()
+    first = "Error in faiss::FileIOWriter: No space left on device " + "x" * 200
+
+    def full_disk(index, where):
+        raise RuntimeError(first + "\nmore detail")
+
+    monkeypatch.setattr(faiss, "write_index", full_disk)
+    rng = np.random.default_rng(0)
+    with pytest.raises(OutputError) as e:
+        build_lists(path, [shard(rng, {"clip": [2]})], ["clip"], D)
+    assert str(e.value) == f"{path / LISTS_FILE}: cannot write ({first[:200]})"  # the first line, 200 characters
+    assert not (path / LISTS_FILE).exists() and not list(path.glob("*.tmp*"))

@@ -58,9 +58,9 @@ class VideoLists:
         except (RuntimeError, OSError) as e:
             raise IndexError_(f"{path}: corrupt stage-2 lists ({e.__class__.__name__}; rebuild them with "
                               "`prvr index ann`)") from None
-        self.counts = counts
+        self.counts = counts  # one array per token set: an index has at least one
         self.S = len(counts)
-        n_videos = len(counts[0]) if counts else 0
+        n_videos = len(counts[0])
         if (not isinstance(self.lists, faiss.IndexIVFScalarQuantizer) or self.lists.nlist != max(1, n_videos * self.S)
                 or self.lists.ntotal != sum(int(c.sum()) for c in counts)):
             raise IndexError_(f"{path}: stage-2 lists that do not match the index (rebuild them with `prvr index ann`)")
