@@ -380,7 +380,7 @@ def test_search_split_over_threads_finds_the_same_tokens(two_shards, codes):
     x = table.tokens[:3].astype(np.float32)
     before = faiss.omp_get_max_threads()
     try:
-        for k, nprobe in ((20, 5), (500, 3), (7, 8)):
+        for k, nprobe in ((20, 5), (500, 3), (7, 8), (20, 7), (100, 8)):  # (20, 7): shares of 2, 2 and 3 lists
             faiss.omp_set_num_threads(1)
             s1, i1 = t._search(x, k, nprobe)
             assert s1.shape == i1.shape == (3, k)
@@ -390,10 +390,9 @@ def test_search_split_over_threads_finds_the_same_tokens(two_shards, codes):
                 assert s2.shape == i2.shape == (3, k)
                 for u in range(3):
                     f1, f2 = i1[u] >= 0, i2[u] >= 0
-                    one = sorted(zip(i1[u][f1], s1[u][f1], strict=True))
-                    split = sorted(zip(i2[u][f2], s2[u][f2], strict=True))
-                    assert [i for i, _ in one] == [i for i, _ in split]
-                    np.testing.assert_allclose([s for _, s in one], [s for _, s in split], rtol=0, atol=1e-6)
+                    np.testing.assert_allclose(np.sort(s1[u][f1]), np.sort(s2[u][f2]), rtol=0, atol=1e-6)
+                    last = s1[u][f1].min()  # tokens tied with the last one kept may be either (sq4's codes tie)
+                    assert set(i1[u][f1 & (s1[u] > last + 1e-6)]) == set(i2[u][f2 & (s2[u] > last + 1e-6)])
                     assert (i1[u] < 0).sum() == (i2[u] < 0).sum()
         assert (i1 < 0).sum() == 0 and (t._search(x, 500, 3)[1] < 0).any()  # 500 > the tokens of 3 lists
     finally:

@@ -758,6 +758,24 @@ def test_moments_by_hand(tmp_path):
     assert hits[0].moments[0]["frame"] == hits[0].frame
 
 
+def test_a_frame_slot_touching_the_moment_is_outside(tmp_path):
+    """The moment's best frame comes from the frame slots that overlap it; one that only touches it (on either
+    side) is outside, however good."""
+    e = np.eye(D)
+
+    def tok(cs):
+        return np.stack([unit(c * e[0] + np.sqrt(1 - c * c) * e[1]) for c in cs])
+
+    meta = {"n_raw_frames": 16, "duration": 8.0}
+    videos = [("a", {"clip": tok([0.1, 0.9, 0.2, 0.3]), "frame": tok([0.1, 0.5, 0.6, 0.95, 0.2, 0.1])}, meta),
+              ("b", {"clip": tok([0.1, 0.2, 0.9, 0.3]), "frame": tok([0.1, 0.2, 0.95, 0.5, 0.6, 0.1])}, meta)]
+    r = Retriever(make_index(tmp_path, [videos]))
+    q = qrepr([(e[0], "clip", 1.0), (e[0], "frame", 1.0)])
+    assert LAYOUTS["clip"].spans(16).tolist() == [[0, 4], [4, 8], [8, 12], [12, 15]]
+    assert r.moments(q, "a", n=1)[0]["frame"] == 6  # cell [4, 8): slot [8, 11) touches it at 8; [5, 8) is the best
+    assert r.moments(q, "b", n=1)[0]["frame"] == 11  # cell [8, 12): slot [5, 8) touches it at 8; [11, 13) is the best
+
+
 def test_moments_score_every_row(tmp_path):
     """A moment's score sums the weighted similarities of every row aimed at the moment set."""
     q, clip, frame = moment_video()
@@ -958,6 +976,9 @@ def test_lists_score_as_the_module_doc_says(with_ann, rng_queries):
         assert_scores(r._lists_scores(qrepr(rows), some, tokens=True), want, some)
         totals = r._lists_scores(qrepr(rows), some)
         np.testing.assert_allclose(totals.total.numpy(), want[0][some], rtol=0, atol=2e-6)
+        full = r._lists_scores(qrepr(rows), some, tokens=True)  # the torch path's dtypes
+        assert totals.total.dtype == full.total.dtype == torch.float32
+        assert all(t.dtype == torch.int64 for t in full.tokens.values())
         assert totals.tokens == {} and set(totals.sets) == {"clip", "frame"}
     short = [i for i, v in enumerate(ref.videos) if len(v[1]["frame"]) < 6]
     rows = [(-q2, "clip", 1.0), (-q2, "frame", 1.0)]
@@ -985,6 +1006,12 @@ def test_ann_search_takes_stage_two_from_the_lists(with_ann, rng_queries, monkey
     assert [h.video_id for h in hits] == [ref.ids[i] for i in order[:3]]
     assert [h.score for h in hits] == pytest.approx(total[order[:3]].tolist(), abs=2e-6)
     assert [h.tokens for h in hits] == [{"clip": best["clip"][i], "frame": best["frame"][i]} for i in order[:3]]
+    calls.clear()
+    hits = r.search_repr(qrepr(rows), 10, candidate_tokens=400, candidate_videos=40)  # every video a candidate
+    cands = np.array(calls[0][1])
+    best10 = cands[np.argsort(-total[cands], kind="stable")[:10]]
+    assert len(cands) >= 30 and calls[1][1] == sorted(best10.tolist())
+    assert [h.video_id for h in hits] == [ref.ids[i] for i in best10]
     calls.clear()
     r.search_repr(qrepr(rows), 3, candidate_tokens=9, candidate_videos=3)
     assert [(c[0], len(c[1]), c[2]) for c in calls] == [("_lists_scores", 3, True)]
