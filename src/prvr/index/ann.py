@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prvr.errors import OutputError
+from prvr.index.faiss_io import write_faiss
 from prvr.index.rerank import LISTS_FILE, VideoLists, build_lists
 from prvr.index.store import IndexError_, Shard, layouts_of, load_shard, read_manifest
 from prvr.index.store import tensor_view as _tensor
@@ -125,11 +125,7 @@ def build_ann(index: Path, nlist: int | None = None, codes: str = "sq4", train_s
                 ann.add_with_ids(part, token_base + np.arange(start, start + len(part), dtype=np.int64))
             token_base += len(st.tokens)
         video_base += len(s.ids)
-    with atomic_path(index / ANN_FILE) as tmp:
-        try:
-            faiss.write_index(ann, str(tmp))
-        except RuntimeError as e:  # faiss reports a failed write (full disk) as a RuntimeError
-            raise OutputError(f"{index / ANN_FILE}: cannot write ({str(e).splitlines()[0][:200]})") from None
+    write_faiss(ann, index / ANN_FILE)
     with atomic_path(index / ANN_OWNERS) as tmp, open(tmp, "wb") as f:
         np.save(f, owners)
     del ann

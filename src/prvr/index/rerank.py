@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prvr.errors import OutputError
+from prvr.index.faiss_io import write_faiss
 from prvr.index.store import IndexError_, Shard
-from prvr.io import atomic_path
 
 LISTS_FILE = "ann.lists.faiss"
 
@@ -39,11 +38,7 @@ def build_lists(index: Path, shards: list[Shard], names: list[str], dim: int, ch
                 part = np.asarray(st.tokens[a:a + chunk], np.float32)
                 add_preassigned(lists, part, owner[a:a + len(part)], owner[a:a + len(part)])
         base += len(s.ids)
-    with atomic_path(index / LISTS_FILE) as tmp:
-        try:
-            faiss.write_index(lists, str(tmp))
-        except RuntimeError as e:  # faiss reports a failed write (full disk) as a RuntimeError
-            raise OutputError(f"{index / LISTS_FILE}: cannot write ({str(e).splitlines()[0][:200]})") from None
+    write_faiss(lists, index / LISTS_FILE)
     return int(lists.ntotal)
 
 
