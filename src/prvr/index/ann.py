@@ -173,9 +173,8 @@ class TokenANN:
         self.shards = shards
         self.n_videos = int(m["n_videos"])
         self.lists = None  # stage 2's per-video lists, when built
-        if m.get("lists") and len(shards) == len(m["shards"]):
-            counts = [np.concatenate([s.sets[n].counts for s in shards]) if shards else np.zeros(0, np.int64)
-                      for n in self.names]
+        if m.get("lists") and shards and len(shards) == len(m["shards"]):  # not read for a stale stage
+            counts = [np.concatenate([s.sets[n].counts for s in shards]) for n in self.names]
             if all(len(c) == self.n_videos for c in counts):
                 self.lists = VideoLists(index / LISTS_FILE, counts)
 
