@@ -219,9 +219,8 @@ class TokenANN:
         import faiss
 
         U, threads = len(vectors), min(faiss.omp_get_max_threads(), nprobe)
-        if threads < 2:
-            self.ann.nprobe = nprobe
-            return self.ann.search(vectors, k)
+        if threads < 2:  # the lists probed as a parameter of this search, not a setting shared with other threads
+            return self.ann.search(vectors, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
         dist, lists = self.ann.quantizer.search(vectors, nprobe)  # (U, nprobe) the probed lists, nearest first
         cuts = np.linspace(0, nprobe, threads + 1).astype(np.int64)
         width = int(np.diff(cuts).max())
@@ -229,8 +228,11 @@ class TokenANN:
         for p in range(threads):  # query u * threads + p: vector u over share p of its lists (-1: no list)
             keys[p::threads, :cuts[p + 1] - cuts[p]] = lists[:, cuts[p]:cuts[p + 1]]
             coarse[p::threads, :cuts[p + 1] - cuts[p]] = dist[:, cuts[p]:cuts[p + 1]]
-        self.ann.nprobe = width
-        sims, ids = self.ann.search_preassigned(np.repeat(vectors, threads, axis=0), k, keys, coarse)
+        x = np.ascontiguousarray(np.repeat(vectors, threads, axis=0), np.float32)  # held while FAISS reads it
+        sims, ids = np.empty((U * threads, k), np.float32), np.empty((U * threads, k), np.int64)
+        params = faiss.SearchParametersIVF(nprobe=width)
+        self.ann.search_preassigned_c(len(x), faiss.swig_ptr(x), k, faiss.swig_ptr(keys), faiss.swig_ptr(coarse),
+                                      faiss.swig_ptr(sims), faiss.swig_ptr(ids), False, params)
         sims, ids = sims.reshape(U, threads * k), ids.reshape(U, threads * k)
         keep = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # each vector's k best over its shares
         return np.take_along_axis(sims, keep, 1), np.take_along_axis(ids, keep, 1)
