@@ -229,9 +229,22 @@ class Retriever:
         n, M = len(counts), Q.shape[0]
         if M == 0:
             return torch.zeros(n, device=self.device), torch.zeros(n, dtype=torch.long, device=self.device)
-        best, arg = self._row_best(Q, st, layout, local)
-        top = best.argmax(dim=1, keepdim=True)  # the row that contributes most decides the moment
+        return self._set_of_rows(*self._row_best(Q, st, layout, local))
+
+    @staticmethod
+    def _set_of_rows(best: torch.Tensor, arg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per video, from its rows' best similarities and tokens (n, M), M >= 1: the set's score (the sum over the
+        rows) and its best token (the one of the row that contributes most, which decides the moment)."""
+        top = best.argmax(dim=1, keepdim=True)
         return best.sum(dim=1), arg.gather(1, top).squeeze(1)
+
+    def _padded(self, best: torch.Tensor, counts: np.ndarray, layout: TokenLayout) -> torch.Tensor:
+        """best (n, M) of videos with `counts` tokens: where the layout says so, the originals' max also runs over a
+        short video's zeroed padding (cosine 0)."""
+        if not layout.pads_score_zero:
+            return best
+        short = torch.from_numpy(counts < layout.capacity).to(self.device)[:, None]  # (n, 1)
+        return torch.where(short, best.clamp_min(0.0), best)
 
     def _row_best(self, Q: torch.Tensor, st: ShardTokens, layout: TokenLayout, local: np.ndarray | None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,10 +269,7 @@ class Retriever:
             candidate = torch.where(sims == best.gather(0, owner), row_in_video, len(sims))
             arg = torch.full((n, M), len(sims), device=self.device).scatter_reduce(0, owner, candidate, "amin")
             arg = torch.where(arg >= len(sims), 0, arg)
-        if layout.pads_score_zero:  # the originals' max also runs over a short video's zeroed padding (cosine 0)
-            short = torch.from_numpy(counts < layout.capacity).to(self.device)[:, None]  # (n, 1)
-            best = torch.where(short, best.clamp_min(0.0), best)
-        return best, arg
+        return self._padded(best, counts, layout), arg
 
     def _score_shard(self, rows: dict[str, torch.Tensor], s: Shard, local: np.ndarray | None) -> Scores:
         sets, tokens = {}, {}
@@ -305,20 +315,24 @@ class Retriever:
         vectors = np.concatenate([rows[n].cpu().numpy() for n in names])  # (R, D) every live row, set by set
         sets = np.concatenate([np.full(len(rows[n]), i) for i, n in enumerate(names)])  # (R,)
         best, arg = self.ann.lists.best(vectors, sets, videos, tokens)  # (R, n) each
-        total, per_set, best_token = np.zeros(len(videos), np.float32), {}, {}
+        best = torch.from_numpy(best).to(self.device)
+        arg = torch.from_numpy(arg).to(self.device) if tokens else None
+        n, per_set, best_token = len(videos), {}, {}
         for i, name in enumerate(names):
-            b = best[sets == i]  # (M_s, n)
-            if self.layouts[name].pads_score_zero:  # as in `_row_best`: a short video's padding scores 0
-                b = np.where(self.ann.lists.counts[i][videos] < self.layouts[name].capacity, np.maximum(b, 0.0), b)
-            per_set[name] = b.sum(axis=0)
-            total += per_set[name]
-            if tokens:  # the row that contributes most decides the moment, as in `_set_scores`
-                best_token[name] = (arg[sets == i][b.argmax(axis=0), np.arange(len(videos))] if len(b)
-                                    else np.zeros(len(videos), np.int64))
-        if not np.isfinite(total).all():  # a NaN is never "lower": it must not decide which videos are kept
+            mine = torch.from_numpy(sets == i)
+            b = self._padded(best[mine].T, self.ann.lists.counts[i][videos], self.layouts[name])  # (n, M_s)
+            if not b.shape[1]:  # no row aimed at this set
+                per_set[name] = torch.zeros(n, device=self.device)
+                if tokens:
+                    best_token[name] = torch.zeros(n, dtype=torch.long, device=self.device)
+            elif tokens:
+                per_set[name], best_token[name] = self._set_of_rows(b, arg[mine].T)
+            else:
+                per_set[name] = b.sum(dim=1)
+        total = sum(per_set.values())
+        if not torch.isfinite(total).all():  # a NaN is never "lower": it must not decide which videos are kept
             raise PrvrError(f"{self.path.name}: non-finite scores (the index or the model is corrupt)")
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
-        return Scores(t(total), {n: t(v) for n, v in per_set.items()}, {n: t(v) for n, v in best_token.items()})
+        return Scores(total, per_set, best_token)
 
     # ------------------------------------------------------------------ search
     def search_repr(self, q: QueryRepr, k: int = 10, exact: bool | None = None, candidate_tokens: int | None = None,
